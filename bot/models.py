@@ -1,0 +1,68 @@
+"""Plain dataclasses that parsed feeds are turned into.
+
+They know nothing of Discord, SQLite or feedparser: parsing produces them, the
+ingestion service stores them, rendering turns them into Discord messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Dialect(StrEnum):
+    """Which blog engine a feed comes from; decides where comments live."""
+
+    BLOGGER = "blogger"
+    WORDPRESS = "wordpress"
+    GENERIC = "generic"
+
+
+@dataclass(frozen=True, slots=True)
+class Article:
+    """One blog post."""
+
+    id: str
+    title: str
+    url: str
+    published: datetime
+    updated: datetime
+    author: str
+    html: str
+    image_url: str | None = None
+    labels: tuple[str, ...] = ()
+    comments_feed_url: str | None = None
+    comment_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """One comment on a blog post; ``parent_id`` names the comment it answers."""
+
+    id: str
+    article_id: str
+    parent_id: str | None
+    author: str
+    published: datetime
+    html: str
+    permalink: str
+    author_url: str | None = None
+    avatar_url: str | None = None
+    removed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    """Everything one feed document says, in dialect-neutral form."""
+
+    kind: str  # "posts" or "comments"
+    dialect: Dialect
+    title: str
+    site_url: str | None
+    articles: tuple[Article, ...] = ()
+    comments: tuple[Comment, ...] = ()
+    next_url: str | None = None
+    comments_feed_url: str | None = None  # blog-wide comments feed, where the dialect has one
+    total_results: int | None = None
+    warnings: tuple[str, ...] = field(default=())
