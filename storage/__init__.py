@@ -1,0 +1,18 @@
+"""All SQL lives here: schema migrations, typed records, one repository per table family."""
+
+from storage.articles import ArticleRepo, CommentRepo
+from storage.db import Database
+from storage.intents import IntentRepo
+from storage.migrations import SCHEMA_VERSION, DatabaseTooNewError
+from storage.subscriptions import DuplicateSubscriptionError, SubscriptionRepo
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArticleRepo",
+    "CommentRepo",
+    "Database",
+    "DatabaseTooNewError",
+    "DuplicateSubscriptionError",
+    "IntentRepo",
+    "SubscriptionRepo",
+]

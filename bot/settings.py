@@ -1,0 +1,190 @@
+"""Settings: one frozen, typed object built once in ``main()``.
+
+Values come from the process environment first, then from ``.env`` in the
+working directory (python-dotenv; the real environment wins). Every problem is
+collected and reported together, so an operator fixes their configuration in
+one go. The token is never part of any message or ``repr``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+DEFAULTS: Mapping[str, str] = {
+    "DATABASE_PATH": "data/blogmirror.db",
+    "POLL_INTERVAL_SECONDS": "300",
+    "POLL_CONCURRENCY": "20",
+    "ALLOW_PRIVATE_ADDRESSES": "false",
+    "DEV_GUILD_ID": "",
+    "LOG_LEVEL": "INFO",
+    "FEED_TIMEOUT_SECONDS": "30",
+    "MAX_FEED_BYTES": "10485760",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(Exception):
+    """One or more settings are missing or invalid; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = ["blogmirror cannot start: the configuration has problems:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        lines.append("Set them in the environment or in .env (see .env.example).")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated configuration. ``discord_token`` is hidden from ``repr``."""
+
+    discord_token: str = field(repr=False)
+    database_path: Path
+    poll_interval_seconds: int
+    poll_concurrency: int
+    allow_private_addresses: bool
+    dev_guild_id: int | None
+    log_level: str
+    feed_timeout_seconds: float
+    max_feed_bytes: int
+    warnings: tuple[str, ...] = ()
+
+
+def read_environment(environ: Mapping[str, str], dotenv_path: Path | None) -> dict[str, str]:
+    """Merge ``.env`` under the real environment: the environment wins."""
+    merged: dict[str, str] = {}
+    if dotenv_path is not None and dotenv_path.is_file():
+        merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    merged.update(environ)
+    return merged
+
+
+def load_settings(
+    environ: Mapping[str, str], *, dotenv_path: Path | None = None, require_token: bool = True
+) -> Settings:
+    """Build and validate settings; raise ``SettingsError`` listing every problem.
+
+    ``require_token`` is false for commands that never talk to Discord
+    (``preview``), so they work without a bot token.
+    """
+    values = dict(DEFAULTS)
+    values.update(
+        {k: v for k, v in read_environment(environ, dotenv_path).items() if k in _KNOWN}
+    )
+    problems: list[str] = []
+    warnings: list[str] = []
+
+    token = values.get("DISCORD_TOKEN", "").strip()
+    if require_token and not token:
+        problems.append("DISCORD_TOKEN is missing: create a bot in the Discord developer portal.")
+    elif token and (any(c.isspace() for c in token) or len(token) < 20):
+        # Never echo the value, not even a prefix.
+        problems.append("DISCORD_TOKEN does not look like a bot token (check for a typo).")
+
+    database_path = values["DATABASE_PATH"].strip()
+    if not database_path:
+        problems.append("DATABASE_PATH is empty: give a file path such as data/blogmirror.db.")
+
+    interval = _integer(values, "POLL_INTERVAL_SECONDS", problems, minimum=1)
+    if interval is not None and interval < 60:
+        warnings.append(
+            f"POLL_INTERVAL_SECONDS={interval} is below 60: blogs may throttle frequent polls."
+        )
+    concurrency = _integer(values, "POLL_CONCURRENCY", problems, minimum=1, maximum=100)
+    allow_private = _boolean(values, "ALLOW_PRIVATE_ADDRESSES", problems)
+    dev_guild = values["DEV_GUILD_ID"].strip()
+    dev_guild_id = None
+    if dev_guild:
+        dev_guild_id = _integer(values, "DEV_GUILD_ID", problems, minimum=1)
+
+    log_level = values["LOG_LEVEL"].strip().upper()
+    if log_level not in _LOG_LEVELS:
+        problems.append(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)} (got {log_level!r}).")
+
+    timeout = _number(values, "FEED_TIMEOUT_SECONDS", problems)
+    max_bytes = _integer(values, "MAX_FEED_BYTES", problems, minimum=1024)
+
+    if problems:
+        raise SettingsError(problems)
+    assert interval is not None and concurrency is not None and allow_private is not None
+    assert timeout is not None and max_bytes is not None
+    return Settings(
+        discord_token=token,
+        database_path=Path(database_path),
+        poll_interval_seconds=interval,
+        poll_concurrency=concurrency,
+        allow_private_addresses=allow_private,
+        dev_guild_id=dev_guild_id,
+        log_level=log_level,
+        feed_timeout_seconds=timeout,
+        max_feed_bytes=max_bytes,
+        warnings=tuple(warnings),
+    )
+
+
+_KNOWN = frozenset({"DISCORD_TOKEN", *DEFAULTS})
+
+
+def _integer(
+    values: Mapping[str, str],
+    name: str,
+    problems: list[str],
+    *,
+    minimum: int,
+    maximum: int | None = None,
+) -> int | None:
+    raw = values[name].strip()
+    try:
+        number = int(raw)
+    except ValueError:
+        problems.append(f"{name} must be a whole number (got {raw!r}).")
+        return None
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"≥ {minimum}"
+        problems.append(f"{name} must be {bounds} (got {number}).")
+        return None
+    return number
+
+
+def _number(values: Mapping[str, str], name: str, problems: list[str]) -> float | None:
+    raw = values[name].strip()
+    try:
+        number = float(raw)
+    except ValueError:
+        problems.append(f"{name} must be a number of seconds (got {raw!r}).")
+        return None
+    if not 0 < number <= 3600:
+        problems.append(f"{name} must be more than 0 and at most 3600 (got {raw}).")
+        return None
+    return number
+
+
+def _boolean(values: Mapping[str, str], name: str, problems: list[str]) -> bool | None:
+    raw = values[name].strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    problems.append(f"{name} must be true or false (got {raw!r}).")
+    return None
+
+
+def configure_logging(level: str) -> None:
+    """Set up handlers once, in ``main()``; keep discord.py's HTTP chatter quiet."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
+    )
+    logging.getLogger("discord.http").setLevel(logging.WARNING)
+    logging.getLogger("discord.gateway").setLevel(logging.WARNING)

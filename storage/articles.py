@@ -1,0 +1,386 @@
+"""Articles and their comments: what has been seen, what is pending, what is mirrored.
+
+"Which of these entry ids are known" is always one query (``json_each`` over the
+id list), never one per id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from storage.db import Database
+from storage.records import (
+    ArticleRecord,
+    ArticleState,
+    CommentRecord,
+    CommentState,
+    NewArticle,
+    NewComment,
+    to_db_time,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownEntry:
+    """What storage remembers of an entry, enough to tell new from changed."""
+
+    row_id: int
+    content_hash: str
+    state: str
+    removed: bool = False
+
+
+class ArticleRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def known(self, subscription_id: int, entry_ids: Iterable[str]) -> dict[str, KnownEntry]:
+        async with self.db.conn.execute(
+            """
+            SELECT entry_id, id, content_hash, state FROM articles
+            WHERE subscription_id = ? AND entry_id IN (SELECT value FROM json_each(?))
+            """,
+            (subscription_id, json.dumps(list(entry_ids))),
+        ) as cursor:
+            return {row[0]: KnownEntry(row[1], row[2], row[3]) async for row in cursor}
+
+    async def insert_many(
+        self,
+        subscription_id: int,
+        articles: Sequence[tuple[NewArticle, ArticleState]],
+        *,
+        now_text: str,
+    ) -> int:
+        """Insert articles not seen before; an already-known entry is left alone."""
+        if not articles:
+            return 0
+        async with self.db.write() as conn:
+            before = conn.total_changes
+            await conn.executemany(
+                """
+                INSERT INTO articles (
+                    subscription_id, entry_id, url, title, author, published, updated, html,
+                    image_url, labels, comments_feed_url, content_hash, state, first_seen_at
+                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (subscription_id, entry_id) DO NOTHING
+                """,
+                [
+                    (
+                        subscription_id,
+                        a.entry_id,
+                        a.url,
+                        a.title,
+                        a.author,
+                        to_db_time(a.published),
+                        to_db_time(a.updated),
+                        a.html,
+                        a.image_url,
+                        json.dumps(list(a.labels)),
+                        a.comments_feed_url,
+                        a.content_hash,
+                        state.value,
+                        now_text,
+                    )
+                    for a, state in articles
+                ],
+            )
+            return conn.total_changes - before
+
+    async def update_content(self, subscription_id: int, article: NewArticle) -> None:
+        """Store changed content; a posted article is flagged for an edit in Discord."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                UPDATE articles
+                SET url = ?, title = ?, author = ?, updated = ?, html = ?, image_url = ?,
+                    labels = ?, comments_feed_url = ?, content_hash = ?,
+                    needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END
+                WHERE subscription_id = ? AND entry_id = ?
+                """,
+                (
+                    article.url,
+                    article.title,
+                    article.author,
+                    to_db_time(article.updated),
+                    article.html,
+                    article.image_url,
+                    json.dumps(list(article.labels)),
+                    article.comments_feed_url,
+                    article.content_hash,
+                    subscription_id,
+                    article.entry_id,
+                ),
+            )
+
+    async def get(self, article_id: int) -> ArticleRecord | None:
+        async with self.db.conn.execute(
+            "SELECT * FROM articles WHERE id = ?", (article_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return ArticleRecord.from_row(row) if row else None
+
+    async def get_by_entry(self, subscription_id: int, entry_id: str) -> ArticleRecord | None:
+        async with self.db.conn.execute(
+            "SELECT * FROM articles WHERE subscription_id = ? AND entry_id = ?",
+            (subscription_id, entry_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return ArticleRecord.from_row(row) if row else None
+
+    async def find_by_url(self, subscription_id: int, url: str) -> ArticleRecord | None:
+        async with self.db.conn.execute(
+            "SELECT * FROM articles WHERE subscription_id = ? AND url = ? ORDER BY id LIMIT 1",
+            (subscription_id, url),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return ArticleRecord.from_row(row) if row else None
+
+    async def by_thread(self, thread_id: int) -> ArticleRecord | None:
+        async with self.db.conn.execute(
+            "SELECT * FROM articles WHERE thread_id = ?", (thread_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return ArticleRecord.from_row(row) if row else None
+
+    async def list_by_state(
+        self, subscription_id: int, state: ArticleState
+    ) -> list[ArticleRecord]:
+        """Articles in ``state``, oldest publication first (the order threads are made)."""
+        async with self.db.conn.execute(
+            """
+            SELECT * FROM articles WHERE subscription_id = ? AND state = ?
+            ORDER BY published, id
+            """,
+            (subscription_id, state.value),
+        ) as cursor:
+            return [ArticleRecord.from_row(row) async for row in cursor]
+
+    async def needing_edit(self, subscription_id: int) -> list[ArticleRecord]:
+        async with self.db.conn.execute(
+            "SELECT * FROM articles WHERE subscription_id = ? AND needs_edit = 1 ORDER BY id",
+            (subscription_id,),
+        ) as cursor:
+            return [ArticleRecord.from_row(row) async for row in cursor]
+
+    async def mirrored(self, subscription_id: int, limit: int) -> list[ArticleRecord]:
+        """Articles that are (to be) mirrored, newest first: whose comments we follow."""
+        async with self.db.conn.execute(
+            """
+            SELECT * FROM articles
+            WHERE subscription_id = ? AND state IN ('pending', 'posted')
+            ORDER BY published DESC, id DESC LIMIT ?
+            """,
+            (subscription_id, limit),
+        ) as cursor:
+            return [ArticleRecord.from_row(row) async for row in cursor]
+
+    async def set_state(self, article_id: int, state: ArticleState) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                "UPDATE articles SET state = ? WHERE id = ?", (state.value, article_id)
+            )
+
+    async def mark_posted(
+        self, article_id: int, *, thread_id: int, starter_message_id: int | None
+    ) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                UPDATE articles
+                SET state = 'posted', thread_id = ?, starter_message_id = ?, needs_edit = 0
+                WHERE id = ?
+                """,
+                (thread_id, starter_message_id, article_id),
+            )
+
+    async def clear_edit(self, article_id: int, content_hash: str) -> None:
+        """The edit for ``content_hash`` is done (a newer change keeps the flag)."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                "UPDATE articles SET needs_edit = 0 WHERE id = ? AND content_hash = ?",
+                (article_id, content_hash),
+            )
+
+    async def detach_thread(self, thread_id: int) -> ArticleRecord | None:
+        """A moderator deleted the thread: forget it; only a resync makes a new one."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                UPDATE articles SET state = 'detached', needs_edit = 0
+                WHERE thread_id = ? AND state = 'posted'
+                """,
+                (thread_id,),
+            )
+        return await self.by_thread(thread_id)
+
+
+class CommentRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def known(self, subscription_id: int, entry_ids: Iterable[str]) -> dict[str, KnownEntry]:
+        async with self.db.conn.execute(
+            """
+            SELECT entry_id, id, content_hash, state, removed FROM comments
+            WHERE subscription_id = ? AND entry_id IN (SELECT value FROM json_each(?))
+            """,
+            (subscription_id, json.dumps(list(entry_ids))),
+        ) as cursor:
+            return {
+                row[0]: KnownEntry(row[1], row[2], row[3], bool(row[4])) async for row in cursor
+            }
+
+    async def insert_many(
+        self,
+        subscription_id: int,
+        comments: Sequence[tuple[int, NewComment, CommentState]],
+        *,
+        now_text: str,
+    ) -> int:
+        """Insert ``(article row id, comment, state)`` triples not seen before."""
+        if not comments:
+            return 0
+        async with self.db.write() as conn:
+            before = conn.total_changes
+            await conn.executemany(
+                """
+                INSERT INTO comments (
+                    subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
+                    published, html, permalink, removed, content_hash, state, first_seen_at
+                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (subscription_id, entry_id) DO NOTHING
+                """,
+                [
+                    (
+                        subscription_id,
+                        article_id,
+                        c.entry_id,
+                        c.parent_entry_id,
+                        c.author,
+                        c.author_url,
+                        to_db_time(c.published),
+                        c.html,
+                        c.permalink,
+                        int(c.removed),
+                        c.content_hash,
+                        state.value,
+                        now_text,
+                    )
+                    for article_id, c, state in comments
+                ],
+            )
+            return conn.total_changes - before
+
+    async def update_content(self, subscription_id: int, comments: Sequence[NewComment]) -> None:
+        """Store changed text or removal; posted comments are flagged for an edit.
+
+        A comment once removed on the blog stays removed: a later feed showing
+        its old text again (a stale cache page) does not bring the text back.
+        """
+        if not comments:
+            return
+        async with self.db.write() as conn:
+            await conn.executemany(
+                """
+                UPDATE comments
+                SET html = CASE WHEN removed = 1 THEN '' ELSE ? END,
+                    removed = max(removed, ?),
+                    content_hash = ?,
+                    needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END
+                WHERE subscription_id = ? AND entry_id = ?
+                """,
+                [
+                    (
+                        "" if c.removed else c.html,
+                        int(c.removed),
+                        c.content_hash,
+                        subscription_id,
+                        c.entry_id,
+                    )
+                    for c in comments
+                ],
+            )
+
+    async def get(self, comment_id: int) -> CommentRecord | None:
+        async with self.db.conn.execute(
+            "SELECT * FROM comments WHERE id = ?", (comment_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return CommentRecord.from_row(row) if row else None
+
+    async def for_article(
+        self, article_id: int, states: Sequence[CommentState] | None = None
+    ) -> list[CommentRecord]:
+        """An article's comments in publication order (ties by first sighting)."""
+        wanted = [s.value for s in states] if states else [s.value for s in CommentState]
+        async with self.db.conn.execute(
+            """
+            SELECT * FROM comments
+            WHERE article_id = ? AND state IN (SELECT value FROM json_each(?))
+            ORDER BY published, id
+            """,
+            (article_id, json.dumps(wanted)),
+        ) as cursor:
+            return [CommentRecord.from_row(row) async for row in cursor]
+
+    async def articles_with_pending(self, subscription_id: int) -> list[int]:
+        async with self.db.conn.execute(
+            """
+            SELECT DISTINCT article_id FROM comments
+            WHERE subscription_id = ? AND state = 'pending' ORDER BY article_id
+            """,
+            (subscription_id,),
+        ) as cursor:
+            return [row[0] async for row in cursor]
+
+    async def needing_edit(self, subscription_id: int) -> list[CommentRecord]:
+        async with self.db.conn.execute(
+            "SELECT * FROM comments WHERE subscription_id = ? AND needs_edit = 1 ORDER BY id",
+            (subscription_id,),
+        ) as cursor:
+            return [CommentRecord.from_row(row) async for row in cursor]
+
+    async def message_ids(self, subscription_id: int, entry_ids: Iterable[str]) -> dict[str, int]:
+        """Discord message ids of these comments, where they have one."""
+        async with self.db.conn.execute(
+            """
+            SELECT entry_id, message_id FROM comments
+            WHERE subscription_id = ? AND message_id IS NOT NULL
+              AND entry_id IN (SELECT value FROM json_each(?))
+            """,
+            (subscription_id, json.dumps(list(entry_ids))),
+        ) as cursor:
+            return {row[0]: row[1] async for row in cursor}
+
+    async def mark_posted(self, comment_id: int, message_id: int) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                "UPDATE comments SET state = 'posted', message_id = ?, needs_edit = 0 "
+                "WHERE id = ?",
+                (message_id, comment_id),
+            )
+
+    async def clear_edit(self, comment_id: int, content_hash: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                "UPDATE comments SET needs_edit = 0 WHERE id = ? AND content_hash = ?",
+                (comment_id, content_hash),
+            )
+
+    async def mark_message_deleted(self, message_id: int) -> bool:
+        """A moderator deleted this message: never mirror that comment again."""
+        async with self.db.write() as conn:
+            cursor = await conn.execute(
+                "UPDATE comments SET state = 'deleted', needs_edit = 0 WHERE message_id = ?",
+                (message_id,),
+            )
+            return cursor.rowcount > 0
+
+    async def set_state(self, comment_ids: Sequence[int], state: CommentState) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                "UPDATE comments SET state = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (state.value, json.dumps(list(comment_ids))),
+            )

@@ -1,0 +1,67 @@
+"""The SQLite connection: opened once in ``main()`` and handed to the repositories.
+
+One connection in autocommit mode; every write goes through ``Database.write()``,
+which serialises writers with a lock and wraps them in ``BEGIN IMMEDIATE`` so
+that concurrent tasks never interleave statements inside each other's
+transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from storage.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """An open blogmirror database."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Database:
+        """Open (creating folder and file if needed), configure and migrate."""
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await migrate(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        log.debug("Opened database %s", path)
+        return cls(conn, path)
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            await self.conn.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        async with self._write_lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                await self.conn.rollback()
+                raise
+            await self.conn.commit()

@@ -1,0 +1,167 @@
+"""Schema migrations, one step per ``PRAGMA user_version``.
+
+Each step runs in its own transaction together with the version bump, so a
+crash mid-migration leaves the database at the previous version. Never edit a
+released step: add a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseTooNewError(Exception):
+    """The database was written by a newer blogmirror than this one."""
+
+
+V1 = """
+CREATE TABLE subscriptions (
+    id                    INTEGER PRIMARY KEY,
+    guild_id              INTEGER NOT NULL,
+    channel_id            INTEGER NOT NULL,
+    feed_url              TEXT    NOT NULL,
+    blog_url              TEXT,
+    blog_title            TEXT    NOT NULL DEFAULT '',
+    dialect               TEXT    NOT NULL,
+    comments_feed_url     TEXT,
+    mirror_comments       INTEGER NOT NULL DEFAULT 1,
+    backfill              INTEGER NOT NULL DEFAULT 1,
+    state                 TEXT    NOT NULL DEFAULT 'active'
+                          CHECK (state IN ('active', 'paused', 'disabled')),
+    interval_seconds      INTEGER NOT NULL,
+    created_at            TEXT    NOT NULL,
+    next_poll_at          TEXT    NOT NULL,
+    last_poll_at          TEXT,
+    last_success_at       TEXT,
+    consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+    last_error            TEXT,
+    last_error_status     INTEGER,
+    last_error_at         TEXT,
+    UNIQUE (guild_id, channel_id, feed_url)
+);
+CREATE INDEX subscriptions_guild ON subscriptions (guild_id);
+CREATE INDEX subscriptions_due ON subscriptions (state, next_poll_at);
+
+-- HTTP validators per fetched URL, so every poll is a conditional GET and an
+-- unchanged body is never parsed twice.
+CREATE TABLE http_cache (
+    subscription_id  INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    url              TEXT    NOT NULL,
+    etag             TEXT,
+    last_modified    TEXT,
+    body_hash        TEXT,
+    fetched_at       TEXT    NOT NULL,
+    PRIMARY KEY (subscription_id, url)
+);
+
+CREATE TABLE guild_settings (
+    guild_id        INTEGER PRIMARY KEY,
+    log_channel_id  INTEGER
+);
+
+-- state: pending (to be posted), skipped (older than the backfill: seen, never
+-- posted), posted (has a thread), detached (its thread was deleted in Discord).
+CREATE TABLE articles (
+    id                  INTEGER PRIMARY KEY,
+    subscription_id     INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    entry_id            TEXT    NOT NULL,
+    url                 TEXT    NOT NULL,
+    title               TEXT    NOT NULL,
+    author              TEXT    NOT NULL,
+    published           TEXT    NOT NULL,
+    updated             TEXT    NOT NULL,
+    html                TEXT    NOT NULL,
+    image_url           TEXT,
+    labels              TEXT    NOT NULL DEFAULT '[]',
+    comments_feed_url   TEXT,
+    content_hash        TEXT    NOT NULL,
+    state               TEXT    NOT NULL
+                        CHECK (state IN ('pending', 'skipped', 'posted', 'detached')),
+    thread_id           INTEGER,
+    starter_message_id  INTEGER,
+    needs_edit          INTEGER NOT NULL DEFAULT 0,
+    first_seen_at       TEXT    NOT NULL,
+    UNIQUE (subscription_id, entry_id)
+);
+CREATE INDEX articles_thread ON articles (thread_id);
+CREATE INDEX articles_url ON articles (subscription_id, url);
+
+-- state: pending (to be posted), posted (has a message), deleted (a moderator
+-- deleted its message: never mirrored again), skipped (its article is not mirrored).
+CREATE TABLE comments (
+    id               INTEGER PRIMARY KEY,
+    subscription_id  INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    article_id       INTEGER NOT NULL REFERENCES articles (id) ON DELETE CASCADE,
+    entry_id         TEXT    NOT NULL,
+    parent_entry_id  TEXT,
+    author           TEXT    NOT NULL,
+    author_url       TEXT,
+    published        TEXT    NOT NULL,
+    html             TEXT    NOT NULL,
+    permalink        TEXT    NOT NULL,
+    removed          INTEGER NOT NULL DEFAULT 0,
+    content_hash     TEXT    NOT NULL,
+    state            TEXT    NOT NULL
+                     CHECK (state IN ('pending', 'posted', 'deleted', 'skipped')),
+    message_id       INTEGER,
+    needs_edit       INTEGER NOT NULL DEFAULT 0,
+    first_seen_at    TEXT    NOT NULL,
+    UNIQUE (subscription_id, entry_id)
+);
+CREATE INDEX comments_article ON comments (article_id, state, published);
+CREATE INDEX comments_message ON comments (message_id);
+
+-- The outbox of SPEC §5: a row is written before a Discord send and completed
+-- with the message id after it. Rows left open by a crash are settled at start
+-- by reading the thread's recent messages.
+CREATE TABLE delivery_intents (
+    id               INTEGER PRIMARY KEY,
+    subscription_id  INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    kind             TEXT    NOT NULL CHECK (kind IN ('thread', 'comment')),
+    target_id        INTEGER NOT NULL,
+    channel_id       INTEGER NOT NULL,
+    nonce            TEXT    NOT NULL UNIQUE,
+    created_at       TEXT    NOT NULL,
+    completed_at     TEXT,
+    message_id       INTEGER
+);
+CREATE INDEX delivery_intents_open ON delivery_intents (completed_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; refuse a database that is newer."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise DatabaseTooNewError(
+            f"The database is at schema version {version}, but this blogmirror only knows "
+            f"up to version {SCHEMA_VERSION}. Upgrade blogmirror, or point DATABASE_PATH "
+            "at another file."
+        )
+    for index in range(version, SCHEMA_VERSION):
+        log.info("Migrating database schema to version %d", index + 1)
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[index]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {index + 1}")
+        except BaseException:
+            await conn.rollback()
+            raise
+        await conn.commit()
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would COMMIT early)."""
+    cleaned = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    return [part.strip() for part in cleaned.split(";") if part.strip()]

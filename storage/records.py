@@ -1,0 +1,254 @@
+"""Typed records the repositories return and accept.
+
+Storage knows nothing of feeds or Discord: the ingestion service turns parsed
+entries into ``New*`` values, delivery reads the records back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+def to_db_time(value: datetime) -> str:
+    """Aware datetime -> ISO-8601 UTC text (sorts correctly as text)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def from_db_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def optional_time(value: str | None) -> datetime | None:
+    return None if value is None else from_db_time(value)
+
+
+class SubscriptionState(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DISABLED = "disabled"
+
+
+class ArticleState(StrEnum):
+    PENDING = "pending"
+    SKIPPED = "skipped"
+    POSTED = "posted"
+    DETACHED = "detached"
+
+
+class CommentState(StrEnum):
+    PENDING = "pending"
+    POSTED = "posted"
+    DELETED = "deleted"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: int
+    guild_id: int
+    channel_id: int
+    feed_url: str
+    blog_url: str | None
+    blog_title: str
+    dialect: str
+    comments_feed_url: str | None
+    mirror_comments: bool
+    backfill: int
+    state: SubscriptionState
+    interval_seconds: int
+    created_at: datetime
+    next_poll_at: datetime
+    last_poll_at: datetime | None
+    last_success_at: datetime | None
+    consecutive_failures: int
+    last_error: str | None
+    last_error_status: int | None
+    last_error_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Subscription:
+        return cls(
+            id=row["id"],
+            guild_id=row["guild_id"],
+            channel_id=row["channel_id"],
+            feed_url=row["feed_url"],
+            blog_url=row["blog_url"],
+            blog_title=row["blog_title"],
+            dialect=row["dialect"],
+            comments_feed_url=row["comments_feed_url"],
+            mirror_comments=bool(row["mirror_comments"]),
+            backfill=row["backfill"],
+            state=SubscriptionState(row["state"]),
+            interval_seconds=row["interval_seconds"],
+            created_at=from_db_time(row["created_at"]),
+            next_poll_at=from_db_time(row["next_poll_at"]),
+            last_poll_at=optional_time(row["last_poll_at"]),
+            last_success_at=optional_time(row["last_success_at"]),
+            consecutive_failures=row["consecutive_failures"],
+            last_error=row["last_error"],
+            last_error_status=row["last_error_status"],
+            last_error_at=optional_time(row["last_error_at"]),
+        )
+
+    @property
+    def display_name(self) -> str:
+        return self.blog_title or self.blog_url or self.feed_url
+
+
+@dataclass(frozen=True, slots=True)
+class HttpValidators:
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewArticle:
+    entry_id: str
+    url: str
+    title: str
+    author: str
+    published: datetime
+    updated: datetime
+    html: str
+    image_url: str | None
+    labels: tuple[str, ...]
+    comments_feed_url: str | None
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArticleRecord:
+    id: int
+    subscription_id: int
+    entry_id: str
+    url: str
+    title: str
+    author: str
+    published: datetime
+    updated: datetime
+    html: str
+    image_url: str | None
+    labels: tuple[str, ...]
+    comments_feed_url: str | None
+    content_hash: str
+    state: ArticleState
+    thread_id: int | None
+    starter_message_id: int | None
+    needs_edit: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> ArticleRecord:
+        return cls(
+            id=row["id"],
+            subscription_id=row["subscription_id"],
+            entry_id=row["entry_id"],
+            url=row["url"],
+            title=row["title"],
+            author=row["author"],
+            published=from_db_time(row["published"]),
+            updated=from_db_time(row["updated"]),
+            html=row["html"],
+            image_url=row["image_url"],
+            labels=tuple(json.loads(row["labels"])),
+            comments_feed_url=row["comments_feed_url"],
+            content_hash=row["content_hash"],
+            state=ArticleState(row["state"]),
+            thread_id=row["thread_id"],
+            starter_message_id=row["starter_message_id"],
+            needs_edit=bool(row["needs_edit"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewComment:
+    entry_id: str
+    article_entry_id: str
+    parent_entry_id: str | None
+    author: str
+    author_url: str | None
+    published: datetime
+    html: str
+    permalink: str
+    removed: bool
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommentRecord:
+    id: int
+    subscription_id: int
+    article_id: int
+    entry_id: str
+    parent_entry_id: str | None
+    author: str
+    author_url: str | None
+    published: datetime
+    html: str
+    permalink: str
+    removed: bool
+    content_hash: str
+    state: CommentState
+    message_id: int | None
+    needs_edit: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> CommentRecord:
+        return cls(
+            id=row["id"],
+            subscription_id=row["subscription_id"],
+            article_id=row["article_id"],
+            entry_id=row["entry_id"],
+            parent_entry_id=row["parent_entry_id"],
+            author=row["author"],
+            author_url=row["author_url"],
+            published=from_db_time(row["published"]),
+            html=row["html"],
+            permalink=row["permalink"],
+            removed=bool(row["removed"]),
+            content_hash=row["content_hash"],
+            state=CommentState(row["state"]),
+            message_id=row["message_id"],
+            needs_edit=bool(row["needs_edit"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryIntent:
+    id: int
+    subscription_id: int
+    kind: str
+    target_id: int
+    channel_id: int
+    nonce: str
+    created_at: datetime
+    completed_at: datetime | None
+    message_id: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> DeliveryIntent:
+        return cls(
+            id=row["id"],
+            subscription_id=row["subscription_id"],
+            kind=row["kind"],
+            target_id=row["target_id"],
+            channel_id=row["channel_id"],
+            nonce=row["nonce"],
+            created_at=from_db_time(row["created_at"]),
+            completed_at=optional_time(row["completed_at"]),
+            message_id=row["message_id"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionCounts:
+    articles_mirrored: int
+    comments_mirrored: int
+    pending_articles: int
+    pending_comments: int

@@ -1,0 +1,283 @@
+"""Subscriptions, their HTTP validators and per-guild settings."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+from storage.db import Database
+from storage.records import (
+    HttpValidators,
+    Subscription,
+    SubscriptionCounts,
+    SubscriptionState,
+    to_db_time,
+)
+
+
+class DuplicateSubscriptionError(Exception):
+    """This feed is already subscribed in this channel."""
+
+
+class SubscriptionRepo:
+    """Subscriptions. Guild-scoped lookups take ``guild_id`` so guilds stay isolated."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        feed_url: str,
+        blog_url: str | None,
+        blog_title: str,
+        dialect: str,
+        comments_feed_url: str | None,
+        mirror_comments: bool,
+        backfill: int,
+        interval_seconds: int,
+        now: datetime,
+        next_poll_at: datetime,
+    ) -> Subscription:
+        try:
+            async with self.db.write() as conn:
+                cursor = await conn.execute(
+                    """
+                    INSERT INTO subscriptions (
+                        guild_id, channel_id, feed_url, blog_url, blog_title, dialect,
+                        comments_feed_url, mirror_comments, backfill, interval_seconds,
+                        created_at, next_poll_at
+                    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                    (
+                        guild_id,
+                        channel_id,
+                        feed_url,
+                        blog_url,
+                        blog_title,
+                        dialect,
+                        comments_feed_url,
+                        int(mirror_comments),
+                        backfill,
+                        interval_seconds,
+                        to_db_time(now),
+                        to_db_time(next_poll_at),
+                    ),
+                )
+                new_id = cursor.lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateSubscriptionError(feed_url) from exc
+        assert new_id is not None
+        subscription = await self.get(new_id)
+        assert subscription is not None
+        return subscription
+
+    async def get(self, subscription_id: int) -> Subscription | None:
+        async with self.db.conn.execute(
+            "SELECT * FROM subscriptions WHERE id = ?", (subscription_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Subscription.from_row(row) if row else None
+
+    async def list_for_guild(self, guild_id: int) -> list[Subscription]:
+        async with self.db.conn.execute(
+            "SELECT * FROM subscriptions WHERE guild_id = ? ORDER BY blog_title, id", (guild_id,)
+        ) as cursor:
+            return [Subscription.from_row(row) async for row in cursor]
+
+    async def list_all(self) -> list[Subscription]:
+        async with self.db.conn.execute("SELECT * FROM subscriptions ORDER BY id") as cursor:
+            return [Subscription.from_row(row) async for row in cursor]
+
+    async def find_in_guild(self, guild_id: int, url: str) -> list[Subscription]:
+        """Subscriptions of this guild whose feed URL or blog URL is ``url``."""
+        candidates = _url_variants(url)
+        marks = ", ".join("?" for _ in candidates)
+        async with self.db.conn.execute(
+            f"""
+            SELECT * FROM subscriptions
+            WHERE guild_id = ? AND (feed_url IN ({marks}) OR blog_url IN ({marks}))
+            ORDER BY id
+            """,
+            (guild_id, *candidates, *candidates),
+        ) as cursor:
+            return [Subscription.from_row(row) async for row in cursor]
+
+    async def list_due(self, now: datetime, limit: int) -> list[Subscription]:
+        async with self.db.conn.execute(
+            """
+            SELECT * FROM subscriptions
+            WHERE state = 'active' AND next_poll_at <= ?
+            ORDER BY next_poll_at
+            LIMIT ?
+            """,
+            (to_db_time(now), limit),
+        ) as cursor:
+            return [Subscription.from_row(row) async for row in cursor]
+
+    async def next_due_at(self) -> datetime | None:
+        async with self.db.conn.execute(
+            "SELECT min(next_poll_at) FROM subscriptions WHERE state = 'active'"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    async def record_success(
+        self, subscription_id: int, *, now: datetime, next_poll_at: datetime
+    ) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                UPDATE subscriptions
+                SET last_poll_at = ?, last_success_at = ?, next_poll_at = ?,
+                    consecutive_failures = 0
+                WHERE id = ?
+                """,
+                (to_db_time(now), to_db_time(now), to_db_time(next_poll_at), subscription_id),
+            )
+
+    async def record_failure(
+        self,
+        subscription_id: int,
+        *,
+        now: datetime,
+        error: str,
+        status: int | None,
+        next_poll_at: datetime,
+    ) -> int:
+        """Count one more consecutive failure; return the new count."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                UPDATE subscriptions
+                SET last_poll_at = ?, next_poll_at = ?, last_error = ?, last_error_status = ?,
+                    last_error_at = ?, consecutive_failures = consecutive_failures + 1
+                WHERE id = ?
+                """,
+                (
+                    to_db_time(now),
+                    to_db_time(next_poll_at),
+                    error,
+                    status,
+                    to_db_time(now),
+                    subscription_id,
+                ),
+            )
+            async with conn.execute(
+                "SELECT consecutive_failures FROM subscriptions WHERE id = ?", (subscription_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def set_state(
+        self, subscription_id: int, state: SubscriptionState, *, next_poll_at: datetime | None = None
+    ) -> None:
+        async with self.db.write() as conn:
+            if state is SubscriptionState.ACTIVE:
+                await conn.execute(
+                    """
+                    UPDATE subscriptions
+                    SET state = ?, consecutive_failures = 0, next_poll_at = coalesce(?, next_poll_at)
+                    WHERE id = ?
+                    """,
+                    (state.value, next_poll_at and to_db_time(next_poll_at), subscription_id),
+                )
+            else:
+                await conn.execute(
+                    "UPDATE subscriptions SET state = ? WHERE id = ?",
+                    (state.value, subscription_id),
+                )
+
+    async def update_feed_info(
+        self, subscription_id: int, *, blog_title: str, comments_feed_url: str | None
+    ) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                "UPDATE subscriptions SET blog_title = ?, comments_feed_url = ? WHERE id = ?",
+                (blog_title, comments_feed_url, subscription_id),
+            )
+
+    async def delete(self, subscription_id: int) -> None:
+        async with self.db.write() as conn:
+            await conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
+
+    async def counts(self, subscription_id: int) -> SubscriptionCounts:
+        async with self.db.conn.execute(
+            """
+            SELECT
+                (SELECT count(*) FROM articles
+                 WHERE subscription_id = :id AND state IN ('posted', 'detached')),
+                (SELECT count(*) FROM comments
+                 WHERE subscription_id = :id AND state = 'posted'),
+                (SELECT count(*) FROM articles
+                 WHERE subscription_id = :id AND state = 'pending'),
+                (SELECT count(*) FROM comments
+                 WHERE subscription_id = :id AND state = 'pending')
+            """,
+            {"id": subscription_id},
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return SubscriptionCounts(*(int(value) for value in row))
+
+    # --- HTTP validators -------------------------------------------------------------
+
+    async def validators(self, subscription_id: int, url: str) -> HttpValidators | None:
+        async with self.db.conn.execute(
+            "SELECT etag, last_modified, body_hash FROM http_cache "
+            "WHERE subscription_id = ? AND url = ?",
+            (subscription_id, url),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return HttpValidators(row[0], row[1], row[2]) if row else None
+
+    async def store_validators(
+        self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
+    ) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                INSERT INTO http_cache (subscription_id, url, etag, last_modified, body_hash,
+                                        fetched_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (subscription_id, url) DO UPDATE SET
+                    etag = excluded.etag, last_modified = excluded.last_modified,
+                    body_hash = excluded.body_hash, fetched_at = excluded.fetched_at
+                """,
+                (
+                    subscription_id,
+                    url,
+                    validators.etag,
+                    validators.last_modified,
+                    validators.body_hash,
+                    to_db_time(now),
+                ),
+            )
+
+    # --- guild settings --------------------------------------------------------------
+
+    async def log_channel(self, guild_id: int) -> int | None:
+        async with self.db.conn.execute(
+            "SELECT log_channel_id FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def set_log_channel(self, guild_id: int, channel_id: int | None) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                INSERT INTO guild_settings (guild_id, log_channel_id) VALUES (?, ?)
+                ON CONFLICT (guild_id) DO UPDATE SET log_channel_id = excluded.log_channel_id
+                """,
+                (guild_id, channel_id),
+            )
+
+
+def _url_variants(url: str) -> tuple[str, ...]:
+    """The URL as typed, with and without a trailing slash, so either form matches."""
+    url = url.strip()
+    base = url.rstrip("/")
+    return tuple(dict.fromkeys((url, base, base + "/")))
