@@ -79,9 +79,7 @@ def load_settings(
     (``preview``), so they work without a bot token.
     """
     values = dict(DEFAULTS)
-    values.update(
-        {k: v for k, v in read_environment(environ, dotenv_path).items() if k in _KNOWN}
-    )
+    values.update({k: v for k, v in read_environment(environ, dotenv_path).items() if k in _KNOWN})
     problems: list[str] = []
     warnings: list[str] = []
 

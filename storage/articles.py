@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from storage.db import Database
 from storage.records import (
@@ -18,6 +19,7 @@ from storage.records import (
     CommentState,
     NewArticle,
     NewComment,
+    from_db_time,
     to_db_time,
 )
 
@@ -144,9 +146,7 @@ class ArticleRepo:
             row = await cursor.fetchone()
         return ArticleRecord.from_row(row) if row else None
 
-    async def list_by_state(
-        self, subscription_id: int, state: ArticleState
-    ) -> list[ArticleRecord]:
+    async def list_by_state(self, subscription_id: int, state: ArticleState) -> list[ArticleRecord]:
         """Articles in ``state``, oldest publication first (the order threads are made)."""
         async with self.db.conn.execute(
             """
@@ -175,6 +175,17 @@ class ArticleRepo:
             (subscription_id, limit),
         ) as cursor:
             return [ArticleRecord.from_row(row) async for row in cursor]
+
+    async def oldest_mirrored_published(self, subscription_id: int) -> datetime | None:
+        async with self.db.conn.execute(
+            """
+            SELECT min(published) FROM articles
+            WHERE subscription_id = ? AND state IN ('pending', 'posted')
+            """,
+            (subscription_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return from_db_time(row[0]) if row and row[0] else None
 
     async def set_state(self, article_id: int, state: ArticleState) -> None:
         async with self.db.write() as conn:
@@ -354,11 +365,24 @@ class CommentRepo:
         ) as cursor:
             return {row[0]: row[1] async for row in cursor}
 
+    async def article_entries(
+        self, subscription_id: int, entry_ids: Iterable[str]
+    ) -> dict[str, str]:
+        """Map stored comment entry ids to their article's entry id."""
+        async with self.db.conn.execute(
+            """
+            SELECT c.entry_id, a.entry_id FROM comments AS c
+            JOIN articles AS a ON a.id = c.article_id
+            WHERE c.subscription_id = ? AND c.entry_id IN (SELECT value FROM json_each(?))
+            """,
+            (subscription_id, json.dumps(list(entry_ids))),
+        ) as cursor:
+            return {row[0]: row[1] async for row in cursor}
+
     async def mark_posted(self, comment_id: int, message_id: int) -> None:
         async with self.db.write() as conn:
             await conn.execute(
-                "UPDATE comments SET state = 'posted', message_id = ?, needs_edit = 0 "
-                "WHERE id = ?",
+                "UPDATE comments SET state = 'posted', message_id = ?, needs_edit = 0 WHERE id = ?",
                 (message_id, comment_id),
             )
 

@@ -41,6 +41,9 @@ CREATE TABLE subscriptions (
     last_error            TEXT,
     last_error_status     INTEGER,
     last_error_at         TEXT,
+    -- newest comment publication time seen: paging back through a newest-first
+    -- comments feed stops once it reaches comments older than this.
+    comments_seen_until   TEXT,
     UNIQUE (guild_id, channel_id, feed_url)
 );
 CREATE INDEX subscriptions_guild ON subscriptions (guild_id);

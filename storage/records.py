@@ -70,6 +70,7 @@ class Subscription:
     last_error: str | None
     last_error_status: int | None
     last_error_at: datetime | None
+    comments_seen_until: datetime | None
 
     @classmethod
     def from_row(cls, row: Any) -> Subscription:
@@ -94,6 +95,7 @@ class Subscription:
             last_error=row["last_error"],
             last_error_status=row["last_error_status"],
             last_error_at=optional_time(row["last_error_at"]),
+            comments_seen_until=optional_time(row["comments_seen_until"]),
         )
 
     @property

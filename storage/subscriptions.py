@@ -172,14 +172,19 @@ class SubscriptionRepo:
         return int(row[0]) if row else 0
 
     async def set_state(
-        self, subscription_id: int, state: SubscriptionState, *, next_poll_at: datetime | None = None
+        self,
+        subscription_id: int,
+        state: SubscriptionState,
+        *,
+        next_poll_at: datetime | None = None,
     ) -> None:
         async with self.db.write() as conn:
             if state is SubscriptionState.ACTIVE:
                 await conn.execute(
                     """
                     UPDATE subscriptions
-                    SET state = ?, consecutive_failures = 0, next_poll_at = coalesce(?, next_poll_at)
+                    SET state = ?, consecutive_failures = 0,
+                        next_poll_at = coalesce(?, next_poll_at)
                     WHERE id = ?
                     """,
                     (state.value, next_poll_at and to_db_time(next_poll_at), subscription_id),
@@ -197,6 +202,13 @@ class SubscriptionRepo:
             await conn.execute(
                 "UPDATE subscriptions SET blog_title = ?, comments_feed_url = ? WHERE id = ?",
                 (blog_title, comments_feed_url, subscription_id),
+            )
+
+    async def set_comments_seen_until(self, subscription_id: int, value: datetime) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                "UPDATE subscriptions SET comments_seen_until = ? WHERE id = ?",
+                (to_db_time(value), subscription_id),
             )
 
     async def delete(self, subscription_id: int) -> None:
