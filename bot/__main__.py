@@ -1,0 +1,93 @@
+"""Entry point: ``python -m bot`` / ``blogmirror`` runs the bot; ``preview URL`` shows a blog.
+
+Everything long-lived (settings, database, HTTP session, the Bot) is created
+here, at start, and injected; nothing is built at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot import __version__
+from bot.errors import BlogMirrorError
+from bot.settings import Settings, SettingsError, configure_logging, load_settings
+
+log = logging.getLogger("bot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blogmirror",
+        description="Mirror a blog's articles and comments into Discord threads.",
+    )
+    parser.add_argument("--version", action="version", version=f"blogmirror {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="run the bot (the default)")
+    preview = commands.add_parser(
+        "preview",
+        help="print what the bot would post for a blog, without Discord or the database",
+        description=(
+            "Fetch a blog (homepage or feed URL), or read a saved feed file or a folder of "
+            "them, and print each thread as the bot would post it."
+        ),
+    )
+    preview.add_argument("url", help="blog or feed URL, feed file, or folder of feed files")
+    preview.add_argument(
+        "--articles",
+        type=int,
+        default=5,
+        metavar="N",
+        help="how many of the newest articles to show (default 5)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    is_preview = args.command == "preview"
+    try:
+        settings = load_settings(
+            os.environ, dotenv_path=Path(".env"), require_token=not is_preview
+        )
+    except SettingsError as exc:
+        print(exc.render(), file=sys.stderr)
+        raise SystemExit(2) from None
+    if is_preview:
+        raise SystemExit(_preview(settings, args.url, args.articles))
+    configure_logging(settings.log_level)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    from bot.app import run_bot  # imports discord.py only when actually running
+
+    try:
+        asyncio.run(run_bot(settings))
+    except KeyboardInterrupt:
+        pass
+    except BlogMirrorError as exc:
+        print(f"blogmirror: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _preview(settings: Settings, url: str, articles: int) -> int:
+    from bot.preview import run_preview
+
+    configure_logging("WARNING")
+    if articles < 1:
+        print("blogmirror preview: --articles must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_preview(url, settings, sys.stdout, articles=articles))
+    except BlogMirrorError as exc:
+        print(f"blogmirror preview: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""The ingestion service: poll one subscription once and record what is new.
+
+feed bytes -> parsed entries -> decisions (new, changed) -> storage. Nothing
+here talks to Discord: new and changed articles and comments are stored as
+pending work, which the mirror delivers.
+
+Rules worth knowing (SPEC §4-§6):
+
+* On a subscription's first successful poll the ``backfill`` newest articles
+  become pending; older ones are stored as ``skipped`` (seen, never posted).
+  Later, an unknown article is pending when it was published after the
+  subscription was made (with an hour's grace for feed caches); an older one
+  that surfaces (feed reordering, back-dated posts) is skipped, never a flood.
+* Comments are only stored for articles that are mirrored. A comment that
+  disappears from the feed is never treated as deleted: its message stays.
+* Blogger: one blog-wide comments request per poll, newest first, paging back
+  through ``rel="next"`` until a page reaches known comments, comments older
+  than the last poll's newest one, or comments older than every mirrored
+  article. That is how comments posted while the bot was down are caught up.
+* WordPress and other feeds: the site-wide comments feed where there is one,
+  and the per-article comment feeds of recent mirrored articles otherwise (or
+  when the site-wide feed shows no known comment, meaning we may have missed
+  some).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from bot.errors import FeedError, PermanentFeedError
+from bot.fetch import Fetcher
+from bot.models import Article, Comment, Dialect, ParsedFeed
+from bot.parse import parse_feed
+from storage import ArticleRepo, CommentRepo, SubscriptionRepo
+from storage.articles import KnownEntry
+from storage.records import (
+    ArticleState,
+    CommentState,
+    HttpValidators,
+    NewArticle,
+    NewComment,
+    Subscription,
+    to_db_time,
+)
+
+log = logging.getLogger(__name__)
+
+NEW_ARTICLE_GRACE = timedelta(hours=1)
+MODERATION_GRACE = timedelta(days=1)
+
+
+@dataclass(slots=True)
+class PollSummary:
+    """What one poll found; returned to the poller and shown in logs and status."""
+
+    posts_not_modified: bool = False
+    new_articles: int = 0
+    skipped_articles: int = 0
+    changed_articles: int = 0
+    new_comments: int = 0
+    changed_comments: int = 0
+    requests: int = 0
+    warnings: list[str] = field(default_factory=list)
+    blog_title: str | None = None
+
+    @property
+    def anything_new(self) -> bool:
+        return bool(
+            self.new_articles or self.changed_articles or self.new_comments or self.changed_comments
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A fetched and parsed document, or ``parsed=None`` when it had not changed."""
+
+    url: str
+    parsed: ParsedFeed | None
+
+
+class Ingestor:
+    """Polls subscriptions through a ``Fetcher`` into the repositories."""
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        subscriptions: SubscriptionRepo,
+        articles: ArticleRepo,
+        comments: CommentRepo,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_comment_pages: int = 40,
+        per_article_feeds: int = 10,
+    ) -> None:
+        self.fetcher = fetcher
+        self.subscriptions = subscriptions
+        self.articles = articles
+        self.comments = comments
+        self.clock = clock
+        self.max_comment_pages = max_comment_pages
+        self.per_article_feeds = per_article_feeds
+        # Validators of parsed bodies wait here until their content is recorded.
+        self._pending_validators: dict[tuple[int, str], HttpValidators] = {}
+
+    async def poll(self, sub: Subscription) -> PollSummary:
+        """Fetch the posts feed and the comments, store what is new; raise ``FeedError``."""
+        summary = PollSummary()
+        posts = await self._fetch(sub, sub.feed_url, "posts", summary, conditional=True)
+        if posts.parsed is None:
+            summary.posts_not_modified = True
+        else:
+            await self._record_articles(sub, posts.parsed.articles, summary)
+            summary.blog_title = posts.parsed.title or None
+            summary.warnings += posts.parsed.warnings
+        if sub.mirror_comments:
+            await self._poll_comments(sub, posts.parsed, summary)
+        # Validators are stored only once everything from this body is recorded,
+        # so a failure part-way re-reads the same body next time.
+        if posts.parsed is not None:
+            await self._store_validators(sub, posts)
+        return summary
+
+    # --- fetching ----------------------------------------------------------------------
+
+    async def _fetch(
+        self,
+        sub: Subscription,
+        url: str,
+        kind: Literal["posts", "comments"],
+        summary: PollSummary,
+        *,
+        conditional: bool,
+        article_id: str | None = None,
+    ) -> Fetched:
+        cached = await self.subscriptions.validators(sub.id, url) if conditional else None
+        summary.requests += 1
+        result = await self.fetcher.fetch(
+            url,
+            etag=cached.etag if cached else None,
+            last_modified=cached.last_modified if cached else None,
+        )
+        if result.not_modified or result.body is None:
+            return Fetched(url, None)
+        body_hash = hashlib.sha256(result.body).hexdigest()
+        if cached is not None and cached.body_hash == body_hash:
+            # Same bytes as last time but no 304 (many servers): no parse needed.
+            await self.subscriptions.store_validators(
+                sub.id,
+                url,
+                HttpValidators(result.etag, result.last_modified, body_hash),
+                now=self.clock(),
+            )
+            return Fetched(url, None)
+        parsed = await asyncio.to_thread(
+            parse_feed, result.body, result.url, kind=kind, article_id=article_id
+        )
+        self._pending_validators[(sub.id, url)] = HttpValidators(
+            result.etag, result.last_modified, body_hash
+        )
+        return Fetched(url, parsed)
+
+    async def _store_validators(self, sub: Subscription, fetched: Fetched) -> None:
+        validators = self._pending_validators.pop((sub.id, fetched.url), None)
+        if validators is not None:
+            await self.subscriptions.store_validators(
+                sub.id, fetched.url, validators, now=self.clock()
+            )
+
+    # --- articles ----------------------------------------------------------------------
+
+    async def _record_articles(
+        self, sub: Subscription, articles: Sequence[Article], summary: PollSummary
+    ) -> None:
+        if not articles:
+            return
+        known = await self.articles.known(sub.id, [a.id for a in articles])
+        first_poll = sub.last_success_at is None
+        newest_first = sorted(articles, key=lambda a: a.published, reverse=True)
+        backfilled = {a.id for a in newest_first[: sub.backfill]} if first_poll else set()
+        cutoff = sub.created_at - NEW_ARTICLE_GRACE
+        inserts: list[tuple[NewArticle, ArticleState]] = []
+        for article in articles:
+            row = new_article(article)
+            entry = known.get(article.id)
+            if entry is None:
+                mirrored = article.id in backfilled if first_poll else article.published >= cutoff
+                state = ArticleState.PENDING if mirrored else ArticleState.SKIPPED
+                inserts.append((row, state))
+                if mirrored:
+                    summary.new_articles += 1
+                else:
+                    summary.skipped_articles += 1
+            elif entry.content_hash != row.content_hash:
+                await self.articles.update_content(sub.id, row)
+                summary.changed_articles += 1
+        await self.articles.insert_many(sub.id, inserts, now_text=to_db_time(self.clock()))
+
+    # --- comments ----------------------------------------------------------------------
+
+    async def _poll_comments(
+        self, sub: Subscription, posts: ParsedFeed | None, summary: PollSummary
+    ) -> None:
+        if sub.dialect == Dialect.BLOGGER and sub.comments_feed_url:
+            await self._poll_paged_comments(sub, sub.comments_feed_url, summary)
+            return
+        reached_known = True
+        if sub.comments_feed_url:
+            try:
+                reached_known = await self._poll_paged_comments(sub, sub.comments_feed_url, summary)
+            except PermanentFeedError as exc:
+                # No usable site-wide feed (404, hidden): per-article feeds serve instead.
+                log.debug("Site-wide comments feed of %s unusable: %s", sub.feed_url, exc)
+                reached_known = False
+        if not sub.comments_feed_url or not reached_known:
+            await self._poll_article_feeds(sub, summary)
+
+    async def _poll_paged_comments(self, sub: Subscription, url: str, summary: PollSummary) -> bool:
+        """Read a newest-first comments feed back to known ground; True if it got there."""
+        first = await self._fetch(sub, url, "comments", summary, conditional=True)
+        if first.parsed is None:
+            return True
+        oldest_mirrored = await self._oldest_mirrored(sub)
+        page = first.parsed
+        seen_next: set[str] = set()
+        pages = 1
+        newest: datetime | None = None
+        reached = False
+        while True:
+            known_any = await self._record_comments(sub, page.comments, summary)
+            if page.comments:
+                page_newest = max(c.published for c in page.comments)
+                newest = page_newest if newest is None else max(newest, page_newest)
+            if known_any or self._reached_old_ground(sub, page.comments, oldest_mirrored):
+                reached = True
+                break
+            next_url = page.next_url
+            if not next_url or next_url in seen_next:
+                reached = not page.comments or next_url is None
+                break
+            if pages >= self.max_comment_pages:
+                summary.warnings.append(
+                    f"Stopped paging back through comments after {pages} pages; "
+                    "older comments were not checked."
+                )
+                break
+            seen_next.add(next_url)
+            summary.requests += 1
+            result = await self.fetcher.fetch(next_url)
+            if result.body is None:
+                break
+            page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="comments")
+            pages += 1
+        if newest is not None and (
+            sub.comments_seen_until is None or newest > sub.comments_seen_until
+        ):
+            await self.subscriptions.set_comments_seen_until(sub.id, newest)
+        await self._store_validators(sub, first)
+        return reached
+
+    def _reached_old_ground(
+        self,
+        sub: Subscription,
+        comments: Sequence[Comment],
+        oldest_mirrored: datetime | None,
+    ) -> bool:
+        if not comments:
+            return True
+        oldest = min(c.published for c in comments)
+        if oldest_mirrored is None or oldest < oldest_mirrored:
+            # Comments cannot predate their article: nothing older concerns us.
+            return True
+        return sub.comments_seen_until is not None and (
+            oldest < sub.comments_seen_until - MODERATION_GRACE
+        )
+
+    async def _oldest_mirrored(self, sub: Subscription) -> datetime | None:
+        return await self.articles.oldest_mirrored_published(sub.id)
+
+    async def _poll_article_feeds(self, sub: Subscription, summary: PollSummary) -> None:
+        """Per-article comment feeds of the newest mirrored articles (conditional GETs)."""
+        articles = await self.articles.mirrored(sub.id, limit=self.per_article_feeds)
+        for article in articles:
+            if not article.comments_feed_url:
+                continue
+            try:
+                fetched = await self._fetch(
+                    sub,
+                    article.comments_feed_url,
+                    "comments",
+                    summary,
+                    conditional=True,
+                    article_id=article.entry_id,
+                )
+            except FeedError as exc:
+                summary.warnings.append(f"Comments of “{article.title}”: {exc}")
+                continue
+            if fetched.parsed is not None:
+                await self._record_comments(sub, fetched.parsed.comments, summary)
+                await self._store_validators(sub, fetched)
+
+    async def _record_comments(
+        self, sub: Subscription, comments: Sequence[Comment], summary: PollSummary
+    ) -> bool:
+        """Store new comments of mirrored articles, note changes; True if any was known."""
+        if not comments:
+            return False
+        known = await self.comments.known(sub.id, [c.id for c in comments])
+        comments = await self._resolve_threading(sub, comments, known)
+        article_ids = {c.article_id for c in comments}
+        articles = await self.articles.known(sub.id, article_ids)
+        inserts: list[tuple[int, NewComment, CommentState]] = []
+        changed: list[NewComment] = []
+        for comment in comments:
+            row = new_comment(comment)
+            entry = known.get(comment.id)
+            if entry is not None:
+                if entry.content_hash != row.content_hash and not entry.removed:
+                    changed.append(row)
+                continue
+            article = articles.get(comment.article_id)
+            if article is None or article.state == ArticleState.SKIPPED:
+                continue
+            state = (
+                CommentState.SKIPPED
+                if article.state == ArticleState.DETACHED
+                else CommentState.PENDING
+            )
+            inserts.append((article.row_id, row, state))
+        summary.new_comments += await self.comments.insert_many(
+            sub.id, inserts, now_text=to_db_time(self.clock())
+        )
+        await self.comments.update_content(sub.id, changed)
+        summary.changed_comments += len(changed)
+        return bool(known)
+
+    async def _resolve_threading(
+        self, sub: Subscription, comments: Sequence[Comment], known: dict[str, KnownEntry]
+    ) -> list[Comment]:
+        """Fix RFC 4685 replies whose ``in-reply-to`` names a comment, not the article.
+
+        Without a per-article hint the parser takes ``in-reply-to`` as the
+        article; when that id is a comment (in this batch or stored), it is the
+        parent, and the article is that comment's article.
+        """
+        in_batch = {c.id: c.article_id for c in comments}
+        suspects = {
+            c.article_id for c in comments if c.article_id in in_batch or c.article_id in known
+        }
+        if not suspects:
+            return list(comments)
+        article_of = dict(in_batch)
+        article_of.update(await self.comments.article_entries(sub.id, suspects))
+        resolved: list[Comment] = []
+        for comment in comments:
+            target = comment.article_id
+            if target in article_of:
+                root = target
+                for _ in range(100):  # walk up to the article; feeds may contain cycles
+                    above = article_of.get(root)
+                    if above is None or above == root:
+                        break
+                    root = above
+                comment = replace(comment, article_id=root, parent_id=target)
+            resolved.append(comment)
+        return resolved
+
+
+def content_hash(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def new_article(article: Article) -> NewArticle:
+    return NewArticle(
+        entry_id=article.id,
+        url=article.url,
+        title=article.title,
+        author=article.author,
+        published=article.published,
+        updated=article.updated,
+        html=article.html,
+        image_url=article.image_url,
+        labels=article.labels,
+        comments_feed_url=article.comments_feed_url,
+        content_hash=content_hash(
+            article.title, article.url, article.html, article.image_url, article.author
+        ),
+    )
+
+
+def new_comment(comment: Comment) -> NewComment:
+    return NewComment(
+        entry_id=comment.id,
+        article_entry_id=comment.article_id,
+        parent_entry_id=comment.parent_id,
+        author=comment.author,
+        author_url=comment.author_url,
+        published=comment.published,
+        html="" if comment.removed else comment.html,
+        permalink=comment.permalink,
+        removed=comment.removed,
+        content_hash=content_hash(comment.removed, "" if comment.removed else comment.html),
+    )

@@ -1,0 +1,142 @@
+"""Poll scheduling and feed health: one poll, its outcome, and when to poll next.
+
+Successes are rescheduled at the subscription's interval with ±10 % jitter, so
+a thousand feeds added together do not stay in lock-step. Failures back off
+exponentially from the interval (capped at six hours), with jitter, and never
+sooner than a server's ``Retry-After``. After ``FAILING_AFTER`` consecutive
+failures a subscription counts as failing; after ``DISABLE_AFTER`` it is
+disabled until a moderator resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from bot.errors import FeedError
+from bot.ingest import Ingestor, PollSummary
+from storage import SubscriptionRepo
+from storage.records import Subscription, SubscriptionState
+
+log = logging.getLogger(__name__)
+
+FAILING_AFTER = 3
+DISABLE_AFTER = 10
+MAX_BACKOFF = timedelta(hours=6)
+
+
+class HealthChange(StrEnum):
+    """A change worth one message in the guild's log channel."""
+
+    FAILING = "failing"
+    DISABLED = "disabled"
+    RECOVERED = "recovered"
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    subscription_id: int
+    summary: PollSummary | None
+    error: str | None
+    status: int | None
+    failures: int
+    next_poll_at: datetime
+    change: HealthChange | None
+
+
+def next_after_success(now: datetime, interval: int, rng: random.Random) -> datetime:
+    return now + timedelta(seconds=interval * rng.uniform(0.9, 1.1))
+
+
+def next_after_failure(
+    now: datetime, interval: int, failures: int, retry_after: float | None, rng: random.Random
+) -> datetime:
+    """Exponential backoff from the interval, jittered, honouring ``Retry-After``."""
+    exponent = min(max(failures - 1, 0), 16)
+    delay = min(
+        timedelta(seconds=interval) * (2**exponent), max(MAX_BACKOFF, timedelta(seconds=interval))
+    )
+    delay *= rng.uniform(0.8, 1.2)
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=min(retry_after, 86_400)))
+    return now + delay
+
+
+class Poller:
+    """Runs one subscription's poll and records its health."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        subscriptions: SubscriptionRepo,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ingestor = ingestor
+        self.subscriptions = subscriptions
+        self.clock = clock
+        self.rng = rng or random.Random()
+
+    async def poll(self, sub: Subscription) -> PollOutcome:
+        """Poll once; never raises for feed problems (they become the outcome)."""
+        try:
+            summary = await self.ingestor.poll(sub)
+        except FeedError as exc:
+            return await self._failed(sub, str(exc), exc.status, exc.retry_after)
+        except Exception:
+            log.exception("Unexpected error while polling %s", sub.feed_url)
+            return await self._failed(
+                sub,
+                "Internal error while reading the feed (details are in the bot's log).",
+                None,
+                None,
+            )
+        now = self.clock()
+        next_poll_at = next_after_success(now, sub.interval_seconds, self.rng)
+        await self.subscriptions.record_success(sub.id, now=now, next_poll_at=next_poll_at)
+        if summary.blog_title and summary.blog_title != sub.blog_title:
+            await self.subscriptions.update_feed_info(
+                sub.id, blog_title=summary.blog_title, comments_feed_url=sub.comments_feed_url
+            )
+        change = HealthChange.RECOVERED if sub.consecutive_failures >= FAILING_AFTER else None
+        if change:
+            log.info("Feed %s recovered after %d failures", sub.feed_url, sub.consecutive_failures)
+        log.debug(
+            "Polled %s: %d new articles, %d new comments, %d changed, %d requests",
+            sub.feed_url,
+            summary.new_articles,
+            summary.new_comments,
+            summary.changed_articles + summary.changed_comments,
+            summary.requests,
+        )
+        return PollOutcome(sub.id, summary, None, None, 0, next_poll_at, change)
+
+    async def _failed(
+        self, sub: Subscription, error: str, status: int | None, retry_after: float | None
+    ) -> PollOutcome:
+        now = self.clock()
+        failures = sub.consecutive_failures + 1
+        next_poll_at = next_after_failure(
+            now, sub.interval_seconds, failures, retry_after, self.rng
+        )
+        failures = await self.subscriptions.record_failure(
+            sub.id, now=now, error=error, status=status, next_poll_at=next_poll_at
+        )
+        change: HealthChange | None = None
+        if failures >= DISABLE_AFTER:
+            await self.subscriptions.set_state(sub.id, SubscriptionState.DISABLED)
+            change = HealthChange.DISABLED
+            log.warning(
+                "Disabled %s after %d consecutive failures: %s", sub.feed_url, failures, error
+            )
+        elif failures == FAILING_AFTER:
+            change = HealthChange.FAILING
+            log.warning("Feed %s is failing (%d in a row): %s", sub.feed_url, failures, error)
+        else:
+            log.info("Poll of %s failed (%d in a row): %s", sub.feed_url, failures, error)
+        return PollOutcome(sub.id, None, error, status, failures, next_poll_at, change)

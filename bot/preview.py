@@ -1,0 +1,218 @@
+"""``python -m bot preview URL``: show in the terminal what the bot would post.
+
+It uses the bot's own parsing, ordering and rendering, and touches neither
+Discord nor the database. Sources:
+
+* an http(s) URL: a blog homepage or feed, discovered and fetched as
+  ``/blog subscribe`` would; each shown article's comments come from its own
+  comments feed (paged);
+* a local feed file: that one feed (a posts feed shows articles, a comments
+  feed shows its comments grouped by article);
+* a local folder: every feed file in it together, e.g. a saved posts feed and
+  its comments feeds (``tests/fixtures/seed``).
+
+Discord timestamps (``<t:…:f>``), which Discord shows in each reader's own
+time zone, are shown here in the blog's own UTC offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import TextIO
+
+from bot.discovery import discover_feed
+from bot.errors import BlogMirrorError, FeedError
+from bot.fetch import Fetcher, create_session
+from bot.models import Article, Comment, ParsedFeed
+from bot.order import delivery_order, depth_of
+from bot.parse import parse_feed
+from bot.render import render_article, render_comment, thread_name
+from bot.settings import Settings
+
+DEFAULT_ARTICLES = 5
+MAX_COMMENT_PAGES = 10
+_TIMESTAMP = re.compile(r"<t:(-?\d+):[tTdDfFR]>")
+_FEED_SUFFIXES = {".xml", ".atom", ".rss", ".txt", ""}
+
+
+@dataclass(slots=True)
+class Blog:
+    """What the preview found: a title and deduplicated articles and comments."""
+
+    title: str = ""
+    dialect: str = ""
+    articles: dict[str, Article] = field(default_factory=dict)
+    comments: dict[str, Comment] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, parsed: ParsedFeed) -> None:
+        if parsed.kind == "posts" or not self.title:
+            self.title = parsed.title or self.title
+            self.dialect = parsed.dialect.value
+        for article in parsed.articles:
+            self.articles.setdefault(article.id, article)
+        for comment in parsed.comments:
+            self.comments.setdefault(comment.id, comment)
+
+
+async def run_preview(
+    source: str, settings: Settings, out: TextIO, *, articles: int = DEFAULT_ARTICLES
+) -> None:
+    """Load ``source`` and print its threads; raise ``BlogMirrorError`` on failure."""
+    path = Path(source).expanduser()
+    if "://" not in source and path.exists():
+        blog = await asyncio.to_thread(load_local, path)
+    elif "://" not in source:
+        raise BlogMirrorError(f"No such file or folder: {source}")
+    else:
+        blog = await load_remote(source, settings, articles)
+    out.write(format_blog(blog, articles=articles))
+
+
+def load_local(path: Path) -> Blog:
+    blog = Blog()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir() and (file.suffix.lower() not in _FEED_SUFFIXES or file.name.startswith(".")):
+            continue
+        try:
+            blog.add(parse_feed(file.read_bytes(), file.resolve().as_uri()))
+        except FeedError as exc:
+            if not path.is_dir():
+                raise
+            blog.notes.append(f"skipped {file.name}: {exc}")
+    return blog
+
+
+async def load_remote(url: str, settings: Settings, articles: int) -> Blog:
+    blog = Blog()
+    async with create_session(allow_private=settings.allow_private_addresses) as session:
+        fetcher = Fetcher(
+            session,
+            timeout=settings.feed_timeout_seconds,
+            max_bytes=settings.max_feed_bytes,
+            allow_private=settings.allow_private_addresses,
+        )
+        found = await discover_feed(fetcher, url)
+        assert found.body.body is not None
+        posts = await asyncio.to_thread(parse_feed, found.body.body, found.feed_url)
+        blog.add(posts)
+        for article in newest(posts.articles, articles):
+            if article.comments_feed_url:
+                await _load_comments(fetcher, blog, article)
+    return blog
+
+
+async def _load_comments(fetcher: Fetcher, blog: Blog, article: Article) -> None:
+    url: str | None = article.comments_feed_url
+    seen: set[str] = set()
+    while url and url not in seen and len(seen) < MAX_COMMENT_PAGES:
+        seen.add(url)
+        try:
+            result = await fetcher.fetch(url)
+        except FeedError as exc:
+            blog.notes.append(f"comments of “{article.title}”: {exc}")
+            return
+        if result.body is None:
+            return
+        try:
+            page = await asyncio.to_thread(
+                parse_feed, result.body, result.url, kind="comments", article_id=article.id
+            )
+        except FeedError as exc:
+            blog.notes.append(f"comments of “{article.title}”: {exc}")
+            return
+        blog.add(page)
+        url = page.next_url
+
+
+def newest(articles: Iterable[Article], count: int) -> list[Article]:
+    return sorted(articles, key=lambda a: a.published, reverse=True)[:count]
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
+    lines = [
+        f"Blog: {blog.title or '(untitled)'} [{blog.dialect or 'unknown'} feed] — "
+        f"{len(blog.articles)} article(s), {len(blog.comments)} comment(s)",
+    ]
+    lines += [f"note: {note}" for note in blog.notes]
+    by_article: dict[str, list[Comment]] = {}
+    for comment in blog.comments.values():
+        by_article.setdefault(comment.article_id, []).append(comment)
+    shown = newest(blog.articles.values(), articles)
+    for article in shown:
+        lines += format_thread(article, by_article.pop(article.id, []))
+    if len(blog.articles) > len(shown):
+        lines.append("")
+        lines.append(
+            f"… and {len(blog.articles) - len(shown)} older article(s) not shown "
+            "(a new subscription posts only the newest `backfill`)."
+        )
+    for article_id, comments in by_article.items():
+        lines.append("")
+        lines.append(f"=== Comments on an article not in this feed: {article_id or '(unknown)'}")
+        lines += format_comments(comments)
+    return "\n".join(lines) + "\n"
+
+
+def format_thread(article: Article, comments: Sequence[Comment]) -> list[str]:
+    rendered = render_article(article, blog_title="")
+    zone = article.published.tzinfo
+    lines = ["", f"=== Thread: {thread_name(article.title, article.published)}", ""]
+    lines.append("--- article message")
+    lines += _readable(rendered.content, zone).splitlines()
+    if rendered.image_url:
+        lines.append(f"[embed image: {rendered.image_url}]")
+    lines.append("")
+    if comments:
+        lines.append(f"--- {len(comments)} comment message(s), in posting order")
+    else:
+        lines.append("--- no comments")
+    lines += format_comments(comments)
+    return lines
+
+
+def format_comments(comments: Sequence[Comment]) -> list[str]:
+    ordered = delivery_order(
+        comments, key=lambda c: c.id, parent=lambda c: c.parent_id, published=lambda c: c.published
+    )
+    present = {c.id for c in ordered}
+    depths = depth_of(ordered, key=lambda c: c.id, parent=lambda c: c.parent_id)
+    numbers = {c.id: n for n, c in enumerate(ordered, start=1)}
+    lines: list[str] = []
+    for comment in ordered:
+        depth = depths[comment.id]
+        indent = "    " * depth
+        missing = comment.parent_id is not None and comment.parent_id not in present
+        if comment.parent_id in numbers:
+            label = f"↳ [{numbers[comment.id]}] Discord reply to [{numbers[comment.parent_id]}]"
+        else:
+            label = f"[{numbers[comment.id]}]"
+        lines.append("")
+        lines.append(f"{indent}{label}")
+        parts = render_comment(comment, parent_missing=missing)
+        for index, part in enumerate(parts):
+            if index:
+                lines.append(f"{indent}  (continued, message {index + 1} of {len(parts)})")
+            text = _readable(part, comment.published.tzinfo)
+            lines += [f"{indent}  {line}" if line else "" for line in text.splitlines()]
+    return lines
+
+
+def _readable(content: str, zone: tzinfo | None) -> str:
+    """Show Discord timestamps as the blog's own local time."""
+
+    def replace(match: re.Match[str]) -> str:
+        moment = datetime.fromtimestamp(int(match.group(1)), zone or UTC)
+        return moment.strftime("%Y-%m-%d %H:%M %z").replace(" +0000", " UTC")
+
+    return textwrap.dedent(_TIMESTAMP.sub(replace, content))
