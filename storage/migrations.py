@@ -93,8 +93,9 @@ CREATE TABLE articles (
 CREATE INDEX articles_thread ON articles (thread_id);
 CREATE INDEX articles_url ON articles (subscription_id, url);
 
--- state: pending (to be posted), posted (has a message), deleted (a moderator
--- deleted its message: never mirrored again), skipped (its article is not mirrored).
+-- state: pending (to be posted, or some parts of a long comment still to send),
+-- posted (every part sent), deleted (a moderator deleted its message: never
+-- mirrored again), skipped (its article is not mirrored).
 CREATE TABLE comments (
     id               INTEGER PRIMARY KEY,
     subscription_id  INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
@@ -111,6 +112,9 @@ CREATE TABLE comments (
     state            TEXT    NOT NULL
                      CHECK (state IN ('pending', 'posted', 'deleted', 'skipped')),
     message_id       INTEGER,
+    -- a long comment is several messages: ids of the parts after the first
+    extra_message_ids TEXT   NOT NULL DEFAULT '[]',
+    parts_sent       INTEGER NOT NULL DEFAULT 0,
     needs_edit       INTEGER NOT NULL DEFAULT 0,
     first_seen_at    TEXT    NOT NULL,
     UNIQUE (subscription_id, entry_id)
@@ -126,6 +130,7 @@ CREATE TABLE delivery_intents (
     subscription_id  INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
     kind             TEXT    NOT NULL CHECK (kind IN ('thread', 'comment')),
     target_id        INTEGER NOT NULL,
+    part             INTEGER NOT NULL DEFAULT 0,
     channel_id       INTEGER NOT NULL,
     nonce            TEXT    NOT NULL UNIQUE,
     created_at       TEXT    NOT NULL,
