@@ -379,12 +379,69 @@ class CommentRepo:
         ) as cursor:
             return {row[0]: row[1] async for row in cursor}
 
+    async def entries_in_state(
+        self, subscription_id: int, entry_ids: Iterable[str], state: CommentState
+    ) -> set[str]:
+        async with self.db.conn.execute(
+            """
+            SELECT entry_id FROM comments
+            WHERE subscription_id = ? AND state = ?
+              AND entry_id IN (SELECT value FROM json_each(?))
+            """,
+            (subscription_id, state.value, json.dumps(list(entry_ids))),
+        ) as cursor:
+            return {row[0] async for row in cursor}
+
+    async def record_part(
+        self, comment_id: int, *, part: int, message_id: int, total_parts: int
+    ) -> None:
+        """Part ``part`` of the comment is in Discord; the last part makes it posted.
+
+        Part 0 is the comment's message (replies point at it); later parts of a
+        long comment are remembered so that a removal can clear them too.
+        """
+        done = part + 1 >= total_parts
+        async with self.db.write() as conn:
+            if part == 0:
+                await conn.execute(
+                    """
+                    UPDATE comments
+                    SET message_id = ?, parts_sent = 1, needs_edit = 0,
+                        state = CASE WHEN ? THEN 'posted' ELSE state END
+                    WHERE id = ?
+                    """,
+                    (message_id, done, comment_id),
+                )
+            else:
+                await conn.execute(
+                    """
+                    UPDATE comments
+                    SET extra_message_ids = json_insert(extra_message_ids, '$[#]', ?),
+                        parts_sent = ? + 1,
+                        state = CASE WHEN ? THEN 'posted' ELSE state END
+                    WHERE id = ? AND parts_sent = ?
+                    """,
+                    (message_id, part, done, comment_id, part),
+                )
+
     async def mark_posted(self, comment_id: int, message_id: int) -> None:
+        """Record a comment whose single message is in Discord."""
+        await self.record_part(comment_id, part=0, message_id=message_id, total_parts=1)
+
+    async def finish_parts(self, comment_id: int) -> None:
+        """No more parts to send (the text got shorter): the comment is posted."""
         async with self.db.write() as conn:
             await conn.execute(
-                "UPDATE comments SET state = 'posted', message_id = ?, needs_edit = 0 WHERE id = ?",
-                (message_id, comment_id),
+                "UPDATE comments SET state = 'posted' WHERE id = ? AND state = 'pending'",
+                (comment_id,),
             )
+
+    async def by_message(self, message_id: int) -> CommentRecord | None:
+        async with self.db.conn.execute(
+            "SELECT * FROM comments WHERE message_id = ?", (message_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return CommentRecord.from_row(row) if row else None
 
     async def clear_edit(self, comment_id: int, content_hash: str) -> None:
         async with self.db.write() as conn:

@@ -20,7 +20,14 @@ class IntentRepo:
         self.db = db
 
     async def open(
-        self, *, subscription_id: int, kind: str, target_id: int, channel_id: int, now: datetime
+        self,
+        *,
+        subscription_id: int,
+        kind: str,
+        target_id: int,
+        channel_id: int,
+        now: datetime,
+        part: int = 0,
     ) -> DeliveryIntent:
         """Record the intent to send (durably) and return it with its nonce."""
         # Discord nonces are at most 25 characters.
@@ -28,11 +35,11 @@ class IntentRepo:
         async with self.db.write() as conn:
             cursor = await conn.execute(
                 """
-                INSERT INTO delivery_intents (subscription_id, kind, target_id, channel_id,
-                                              nonce, created_at)
-                VALUES (?, ?, ?, ?, ?, ?)
+                INSERT INTO delivery_intents (subscription_id, kind, target_id, part,
+                                              channel_id, nonce, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
                 """,
-                (subscription_id, kind, target_id, channel_id, nonce, to_db_time(now)),
+                (subscription_id, kind, target_id, part, channel_id, nonce, to_db_time(now)),
             )
             intent_id = cursor.lastrowid
         assert intent_id is not None
@@ -41,6 +48,7 @@ class IntentRepo:
             subscription_id=subscription_id,
             kind=kind,
             target_id=target_id,
+            part=part,
             channel_id=channel_id,
             nonce=nonce,
             created_at=now,
@@ -63,6 +71,17 @@ class IntentRepo:
             ORDER BY id
             """,
             (subscription_id, subscription_id),
+        ) as cursor:
+            return [DeliveryIntent.from_row(row) async for row in cursor]
+
+    async def unfinished_for_channel(self, channel_id: int) -> list[DeliveryIntent]:
+        async with self.db.conn.execute(
+            """
+            SELECT * FROM delivery_intents
+            WHERE completed_at IS NULL AND channel_id = ?
+            ORDER BY id
+            """,
+            (channel_id,),
         ) as cursor:
             return [DeliveryIntent.from_row(row) async for row in cursor]
 

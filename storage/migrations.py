@@ -137,7 +137,7 @@ CREATE TABLE delivery_intents (
     completed_at     TEXT,
     message_id       INTEGER
 );
-CREATE INDEX delivery_intents_open ON delivery_intents (completed_at);
+CREATE INDEX delivery_intents_open ON delivery_intents (channel_id, completed_at);
 """
 
 MIGRATIONS: tuple[str, ...] = (V1,)

@@ -198,6 +198,8 @@ class CommentRecord:
     content_hash: str
     state: CommentState
     message_id: int | None
+    extra_message_ids: tuple[int, ...]
+    parts_sent: int
     needs_edit: bool
 
     @classmethod
@@ -217,6 +219,8 @@ class CommentRecord:
             content_hash=row["content_hash"],
             state=CommentState(row["state"]),
             message_id=row["message_id"],
+            extra_message_ids=tuple(json.loads(row["extra_message_ids"])),
+            parts_sent=row["parts_sent"],
             needs_edit=bool(row["needs_edit"]),
         )
 
@@ -227,6 +231,7 @@ class DeliveryIntent:
     subscription_id: int
     kind: str
     target_id: int
+    part: int
     channel_id: int
     nonce: str
     created_at: datetime
@@ -240,6 +245,7 @@ class DeliveryIntent:
             subscription_id=row["subscription_id"],
             kind=row["kind"],
             target_id=row["target_id"],
+            part=row["part"],
             channel_id=row["channel_id"],
             nonce=row["nonce"],
             created_at=from_db_time(row["created_at"]),

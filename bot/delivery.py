@@ -1,0 +1,602 @@
+"""Delivery: pending articles and comments become Discord threads and messages, once.
+
+Exactly-once (SPEC §5) rests on three habits:
+
+1. Before each send an intent is recorded in SQLite; after it the message id.
+2. Messages are sent with the intent's nonce (discord.py sets ``enforce_nonce``),
+   so retrying a send whose answer was lost (5xx after the message was made, a
+   reset connection, a timeout) gets the first message back instead of a copy.
+3. A thread's open intents are settled before anything new is sent to it: the
+   bot's own recent messages there are read, and the permalink each comment
+   message carries says which comment it is. Members' messages never count.
+
+One thread's messages go strictly one after another (a lock per article);
+different threads are delivered concurrently, each being its own rate-limit
+bucket in Discord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+import discord
+
+from bot.models import Article, Comment
+from bot.order import delivery_order
+from bot.render import permalink_in, render_article, render_comment, thread_name
+from storage import ArticleRepo, CommentRepo, IntentRepo, SubscriptionRepo
+from storage.records import (
+    ArticleRecord,
+    ArticleState,
+    CommentRecord,
+    CommentState,
+    DeliveryIntent,
+    Subscription,
+)
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+SEND_ATTEMPTS = 4
+HISTORY_WINDOW = 100
+THREAD_CONCURRENCY = 10
+# Failures after which a send may or may not have happened: settle, then retry.
+UNCERTAIN = (discord.DiscordServerError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+Progress = Callable[[int, int], Awaitable[None]]
+
+
+class DeliveryError(Exception):
+    """Delivery to a subscription's channel cannot go on; the message says why."""
+
+
+@dataclass(slots=True)
+class DeliverySummary:
+    threads_created: int = 0
+    comments_posted: int = 0
+    edits: int = 0
+    skipped_locked: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def article_of(record: ArticleRecord) -> Article:
+    return Article(
+        id=record.entry_id,
+        title=record.title,
+        url=record.url,
+        published=record.published,
+        updated=record.updated,
+        author=record.author,
+        html=record.html,
+        image_url=record.image_url,
+        labels=record.labels,
+        comments_feed_url=record.comments_feed_url,
+    )
+
+
+def comment_of(record: CommentRecord, article_entry_id: str) -> Comment:
+    return Comment(
+        id=record.entry_id,
+        article_id=article_entry_id,
+        parent_id=record.parent_entry_id,
+        author=record.author,
+        published=record.published,
+        html=record.html,
+        permalink=record.permalink,
+        author_url=record.author_url,
+        removed=record.removed,
+    )
+
+
+class Mirror:
+    """Sends a subscription's pending work to Discord."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        subscriptions: SubscriptionRepo,
+        articles: ArticleRepo,
+        comments: CommentRepo,
+        intents: IntentRepo,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.subscriptions = subscriptions
+        self.articles = articles
+        self.comments = comments
+        self.intents = intents
+        self.clock = clock
+        self.retry_delay = retry_delay
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, key: int) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    @property
+    def _me(self) -> int:
+        assert self.client.user is not None
+        return self.client.user.id
+
+    # --- the whole subscription -----------------------------------------------------
+
+    async def deliver(
+        self, sub: Subscription, *, progress: Progress | None = None
+    ) -> DeliverySummary:
+        """Create threads for pending articles, post pending comments, apply edits."""
+        summary = DeliverySummary()
+        channel = await self._channel(sub)
+        for record in await self.articles.list_by_state(sub.id, ArticleState.PENDING):
+            await self._ensure_thread(sub, channel, record, summary)
+        article_ids = set(await self.comments.articles_with_pending(sub.id))
+        article_ids |= {c.article_id for c in await self.comments.needing_edit(sub.id)}
+        total = await self._pending_comment_count(sub)
+        counter = _Counter(total, progress)
+        gate = asyncio.Semaphore(THREAD_CONCURRENCY)
+
+        async def one(article_id: int) -> None:
+            async with gate:
+                await self.deliver_article(sub, article_id, summary, counter)
+
+        results = await asyncio.gather(
+            *(one(article_id) for article_id in sorted(article_ids)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, DeliveryError):
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+        for record in await self.articles.needing_edit(sub.id):
+            await self._edit_article(channel, record, summary)
+        return summary
+
+    async def _pending_comment_count(self, sub: Subscription) -> int:
+        counts = await self.subscriptions.counts(sub.id)
+        return counts.pending_comments
+
+    async def _channel(self, sub: Subscription) -> discord.TextChannel | discord.ForumChannel:
+        channel = self.client.get_channel(sub.channel_id)
+        if channel is None:
+            try:
+                channel = await self.client.fetch_channel(sub.channel_id)
+            except discord.NotFound:
+                raise DeliveryError(
+                    "The subscription's channel no longer exists: subscribe the blog again "
+                    "in another channel."
+                ) from None
+            except discord.Forbidden:
+                raise DeliveryError(
+                    "The bot cannot see the subscription's channel: give it View Channel there."
+                ) from None
+        if not isinstance(channel, discord.TextChannel | discord.ForumChannel):
+            raise DeliveryError("The subscription's channel is no longer a text or forum channel.")
+        return channel
+
+    # --- threads ----------------------------------------------------------------------
+
+    async def _ensure_thread(
+        self,
+        sub: Subscription,
+        channel: discord.TextChannel | discord.ForumChannel,
+        record: ArticleRecord,
+        summary: DeliverySummary,
+    ) -> None:
+        async with self._lock(record.id):
+            fresh = await self.articles.get(record.id)
+            if fresh is None or fresh.state != ArticleState.PENDING:
+                return
+            await self._settle_thread_intents(channel, fresh)
+            fresh = await self.articles.get(record.id)
+            if fresh is None or fresh.state != ArticleState.PENDING:
+                return
+            intent = await self.intents.open(
+                subscription_id=sub.id,
+                kind="thread",
+                target_id=fresh.id,
+                channel_id=channel.id,
+                now=self.clock(),
+            )
+            thread_id, starter_id = await self._create_thread(channel, fresh, intent)
+            await self.articles.mark_posted(
+                fresh.id, thread_id=thread_id, starter_message_id=starter_id
+            )
+            await self.intents.complete(intent.id, message_id=starter_id, now=self.clock())
+            summary.threads_created += 1
+            log.info("Created thread %s for %s", thread_id, fresh.url)
+
+    async def _create_thread(
+        self,
+        channel: discord.TextChannel | discord.ForumChannel,
+        record: ArticleRecord,
+        intent: DeliveryIntent,
+    ) -> tuple[int, int]:
+        rendered = render_article(article_of(record), blog_title="")
+        name = thread_name(record.title, record.published)
+        embed = _image_embed(rendered.image_url)
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                if isinstance(channel, discord.ForumChannel):
+                    created = await channel.create_thread(
+                        name=name,
+                        content=rendered.content,
+                        embed=embed or discord.utils.MISSING,
+                        applied_tags=forum_tags(channel, record.labels),
+                        allowed_mentions=NO_MENTIONS,
+                    )
+                    return created.thread.id, created.message.id
+                message = await channel.send(
+                    rendered.content,
+                    embed=embed or discord.utils.MISSING,
+                    nonce=intent.nonce,
+                    allowed_mentions=NO_MENTIONS,
+                )
+                return await self._thread_from(message, name), message.id
+            except discord.Forbidden as exc:
+                raise DeliveryError(_forbidden(channel, exc)) from exc
+            except UNCERTAIN as exc:
+                log.warning("Creating the thread for %s failed (%s); settling", record.url, exc)
+                found = await self._find_article_thread(channel, record)
+                if found is not None:
+                    return found
+                await asyncio.sleep(self.retry_delay * (attempt + 1))
+        raise DeliveryError(f"Discord kept failing while creating the thread for {record.url}.")
+
+    async def _thread_from(self, message: discord.Message, name: str) -> int:
+        """The thread started from ``message``, creating it if it does not exist yet."""
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                thread = await message.create_thread(name=name)
+                return thread.id
+            except discord.HTTPException as exc:
+                # 160004: a thread has already been created for this message.
+                if exc.code == 160004:
+                    return message.id
+                if not isinstance(exc, discord.DiscordServerError):
+                    raise
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass
+            try:
+                existing = await self.client.fetch_channel(message.id)
+                return existing.id
+            except discord.NotFound:
+                await asyncio.sleep(self.retry_delay * (attempt + 1))
+        raise DeliveryError("Discord kept failing while creating a thread.")
+
+    async def _find_article_thread(
+        self, channel: discord.TextChannel | discord.ForumChannel, record: ArticleRecord
+    ) -> tuple[int, int] | None:
+        """Find the thread a lost answer may have created for ``record``."""
+        if isinstance(channel, discord.ForumChannel):
+            name = thread_name(record.title, record.published)
+            candidates = [t for t in channel.threads if t.owner_id == self._me and t.name == name]
+            async for archived in channel.archived_threads(limit=HISTORY_WINDOW):
+                if archived.owner_id == self._me and archived.name == name:
+                    candidates.append(archived)
+            for thread in candidates:
+                try:
+                    starter = await thread.fetch_message(thread.id)
+                except discord.NotFound:
+                    continue
+                if starter.author.id == self._me and record.url in starter.content:
+                    return thread.id, starter.id
+            return None
+        async for message in channel.history(limit=HISTORY_WINDOW):
+            if message.author.id == self._me and _is_article_message(message.content, record):
+                return await self._thread_from(
+                    message, thread_name(record.title, record.published)
+                ), message.id
+        return None
+
+    async def _settle_thread_intents(
+        self, channel: discord.TextChannel | discord.ForumChannel, record: ArticleRecord
+    ) -> None:
+        """An interrupted thread creation: adopt the thread if it was made."""
+        for intent in await self.intents.unfinished_for_channel(channel.id):
+            if intent.kind != "thread" or intent.target_id != record.id:
+                continue
+            found = await self._find_article_thread(channel, record)
+            if found is not None:
+                thread_id, starter_id = found
+                await self.articles.mark_posted(
+                    record.id, thread_id=thread_id, starter_message_id=starter_id
+                )
+                log.info("Settled: thread %s for %s was created before", thread_id, record.url)
+            await self.intents.complete(
+                intent.id, message_id=found[1] if found else None, now=self.clock()
+            )
+
+    # --- comments ---------------------------------------------------------------------
+
+    async def deliver_article(
+        self,
+        sub: Subscription,
+        article_id: int,
+        summary: DeliverySummary,
+        counter: _Counter | None = None,
+    ) -> None:
+        """Post an article's pending comments in order and apply its comment edits."""
+        async with self._lock(article_id):
+            record = await self.articles.get(article_id)
+            if record is None or record.state != ArticleState.POSTED or record.thread_id is None:
+                return
+            thread = await self._thread(record)
+            if thread is None:
+                return
+            if thread.locked:
+                summary.skipped_locked += 1
+                log.info("Thread %s (%s) is locked: comments wait", thread.id, record.url)
+                return
+            await self._settle_comment_intents(thread)
+            await self._post_pending(sub, record, thread, summary, counter)
+            await self._apply_comment_edits(record, thread, summary)
+
+    async def _thread(self, record: ArticleRecord) -> discord.Thread | None:
+        assert record.thread_id is not None
+        cached = self.client.get_channel(record.thread_id)
+        if isinstance(cached, discord.Thread):
+            return cached
+        try:
+            fetched = await self.client.fetch_channel(record.thread_id)
+        except discord.NotFound:
+            await self.articles.detach_thread(record.thread_id)
+            log.info("Thread of %s is gone: detached (only /blog resync recreates it)", record.url)
+            return None
+        return fetched if isinstance(fetched, discord.Thread) else None
+
+    async def _post_pending(
+        self,
+        sub: Subscription,
+        record: ArticleRecord,
+        thread: discord.Thread,
+        summary: DeliverySummary,
+        counter: _Counter | None,
+    ) -> None:
+        pending = await self.comments.for_article(record.id, [CommentState.PENDING])
+        if not pending:
+            return
+        ordered = delivery_order(
+            pending,
+            key=lambda c: c.entry_id,
+            parent=lambda c: c.parent_entry_id,
+            published=lambda c: c.published,
+        )
+        parents = await self.comments.message_ids(
+            sub.id, {c.parent_entry_id for c in ordered if c.parent_entry_id}
+        )
+        deleted_parents = await self.comments.entries_in_state(
+            sub.id, {c.parent_entry_id for c in ordered if c.parent_entry_id}, CommentState.DELETED
+        )
+        for comment in ordered:
+            parent_message = parents.get(comment.parent_entry_id or "")
+            missing = comment.parent_entry_id is not None and (
+                parent_message is None or comment.parent_entry_id in deleted_parents
+            )
+            if missing:
+                parent_message = None
+            message_id = await self._post_comment(
+                sub, record, thread, comment, parent_message, missing
+            )
+            parents[comment.entry_id] = message_id
+            summary.comments_posted += 1
+            if counter is not None:
+                await counter.tick()
+
+    async def _post_comment(
+        self,
+        sub: Subscription,
+        record: ArticleRecord,
+        thread: discord.Thread,
+        comment: CommentRecord,
+        parent_message: int | None,
+        parent_missing: bool,
+    ) -> int:
+        parts = render_comment(comment_of(comment, record.entry_id), parent_missing=parent_missing)
+        first_id = comment.message_id
+        for part in range(comment.parts_sent, len(parts)):
+            reference = None
+            if part == 0 and parent_message is not None:
+                reference = discord.MessageReference(
+                    message_id=parent_message, channel_id=thread.id, fail_if_not_exists=False
+                )
+            intent = await self.intents.open(
+                subscription_id=sub.id,
+                kind="comment",
+                target_id=comment.id,
+                part=part,
+                channel_id=thread.id,
+                now=self.clock(),
+            )
+            message_id = await self._send(thread, parts[part], intent, reference)
+            await self.comments.record_part(
+                comment.id, part=part, message_id=message_id, total_parts=len(parts)
+            )
+            await self.intents.complete(intent.id, message_id=message_id, now=self.clock())
+            if part == 0:
+                first_id = message_id
+        if comment.parts_sent >= len(parts):
+            await self.comments.finish_parts(comment.id)
+        assert first_id is not None
+        return first_id
+
+    async def _send(
+        self,
+        thread: discord.Thread,
+        content: str,
+        intent: DeliveryIntent,
+        reference: discord.MessageReference | None,
+    ) -> int:
+        """Send with the intent's nonce; on an uncertain failure resend the same nonce."""
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                message = await thread.send(
+                    content,
+                    nonce=intent.nonce,
+                    reference=reference or discord.utils.MISSING,
+                    allowed_mentions=NO_MENTIONS,
+                    suppress_embeds=True,
+                    mention_author=False,
+                )
+                return message.id
+            except discord.Forbidden as exc:
+                raise DeliveryError(_forbidden(thread, exc)) from exc
+            except discord.NotFound as exc:
+                if exc.code == 10003:  # the thread was deleted under us
+                    await self.articles.detach_thread(thread.id)
+                raise DeliveryError(f"Thread {thread.id} disappeared while posting.") from exc
+            except UNCERTAIN as exc:
+                log.warning(
+                    "Send to thread %s failed (%s); retrying with the same nonce", thread.id, exc
+                )
+                await asyncio.sleep(self.retry_delay * (attempt + 1))
+        raise DeliveryError(
+            f"Discord kept failing while posting in thread {thread.id}; will retry next poll."
+        )
+
+    async def _settle_comment_intents(self, thread: discord.Thread) -> None:
+        """Match open intents in this thread to the bot's own recent messages."""
+        intents = await self.intents.unfinished_for_channel(thread.id)
+        if not intents:
+            return
+        mine = [m async for m in thread.history(limit=HISTORY_WINDOW) if m.author.id == self._me]
+        mine.sort(key=lambda m: m.id)
+        by_permalink: dict[str, discord.Message] = {}
+        for message in mine:
+            link = permalink_in(message.content)
+            if link is not None:
+                by_permalink.setdefault(link, message)
+        for intent in intents:
+            comment = await self.comments.get(intent.target_id)
+            found: discord.Message | None = None
+            if comment is not None and intent.kind == "comment":
+                if intent.part == 0:
+                    found = by_permalink.get(comment.permalink)
+                else:
+                    found = _continuation(mine, comment, intent.part)
+                if found is not None and comment.parts_sent <= intent.part:
+                    total = intent.part + 2  # more parts may follow; the send loop decides
+                    await self.comments.record_part(
+                        comment.id, part=intent.part, message_id=found.id, total_parts=total
+                    )
+                    log.info(
+                        "Settled: comment %s part %d was sent before", comment.entry_id, intent.part
+                    )
+            await self.intents.complete(
+                intent.id, message_id=found.id if found else None, now=self.clock()
+            )
+
+    async def _apply_comment_edits(
+        self, record: ArticleRecord, thread: discord.Thread, summary: DeliverySummary
+    ) -> None:
+        for comment in await self.comments.needing_edit(record.subscription_id):
+            if comment.article_id != record.id or comment.message_id is None:
+                continue
+            parts = render_comment(comment_of(comment, record.entry_id))
+            ids = [comment.message_id, *comment.extra_message_ids]
+            try:
+                for index, message_id in enumerate(ids):
+                    text = parts[index] if index < len(parts) else "*(removed on the blog)*"
+                    await thread.get_partial_message(message_id).edit(
+                        content=text, allowed_mentions=NO_MENTIONS
+                    )
+            except discord.NotFound:
+                await self.comments.mark_message_deleted(comment.message_id)
+                continue
+            await self.comments.clear_edit(comment.id, comment.content_hash)
+            summary.edits += 1
+
+    async def _edit_article(
+        self,
+        channel: discord.TextChannel | discord.ForumChannel,
+        record: ArticleRecord,
+        summary: DeliverySummary,
+    ) -> None:
+        if record.starter_message_id is None or record.thread_id is None:
+            return
+        rendered = render_article(article_of(record), blog_title="")
+        host_id = record.thread_id if isinstance(channel, discord.ForumChannel) else channel.id
+        message = self.client.get_partial_messageable(host_id).get_partial_message(
+            record.starter_message_id
+        )
+        try:
+            await message.edit(
+                content=rendered.content,
+                embed=_image_embed(rendered.image_url),
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.NotFound:
+            log.info("Article message of %s is gone; not edited", record.url)
+        await self.articles.clear_edit(record.id, record.content_hash)
+        summary.edits += 1
+
+
+class _Counter:
+    """Counts posted comments and reports progress now and then."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress
+
+    async def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None and (self.done % 20 == 0 or self.done == self.total):
+            await self.progress(self.done, self.total)
+
+
+def forum_tags(forum: discord.ForumChannel, labels: Sequence[str]) -> list[discord.ForumTag]:
+    """Tags named like the article's labels; a forum requiring a tag gets its first one."""
+    wanted = {label.casefold() for label in labels}
+    matched = [tag for tag in forum.available_tags if tag.name.casefold() in wanted][:5]
+    if not matched and forum.flags.require_tag and forum.available_tags:
+        matched = [forum.available_tags[0]]
+    return matched
+
+
+def _image_embed(image_url: str | None) -> discord.Embed | None:
+    if not image_url:
+        return None
+    return discord.Embed().set_image(url=image_url)
+
+
+def _is_article_message(content: str, record: ArticleRecord) -> bool:
+    return record.url in content and permalink_in(content) is None
+
+
+def _continuation(
+    mine: Sequence[discord.Message], comment: CommentRecord, part: int
+) -> discord.Message | None:
+    """Part ``part`` of a long comment: the bot's next message after the previous part.
+
+    One thread is delivered strictly in order, so what directly follows the
+    previous part, if it is not another comment's first message, is this part.
+    """
+    previous = (
+        comment.message_id
+        if part == 1
+        else (
+            comment.extra_message_ids[part - 2]
+            if len(comment.extra_message_ids) >= part - 1
+            else None
+        )
+    )
+    if previous is None:
+        return None
+    later = [m for m in mine if m.id > previous]
+    if later and permalink_in(later[0].content) is None:
+        return later[0]
+    return None
+
+
+def _forbidden(channel: discord.abc.GuildChannel | discord.Thread, exc: discord.Forbidden) -> str:
+    where = f"#{channel.name}" if hasattr(channel, "name") else "the channel"
+    return (
+        f"The bot lacks a permission in {where} ({exc.text or 'Missing Permissions'}): it needs "
+        "View Channel, Send Messages, Send Messages in Threads, Create Public Threads, "
+        "Embed Links and Read Message History."
+    )
