@@ -52,9 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     is_preview = args.command == "preview"
     try:
-        settings = load_settings(
-            os.environ, dotenv_path=Path(".env"), require_token=not is_preview
-        )
+        settings = load_settings(os.environ, dotenv_path=Path(".env"), require_token=not is_preview)
     except SettingsError as exc:
         print(exc.render(), file=sys.stderr)
         raise SystemExit(2) from None

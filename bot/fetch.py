@@ -8,21 +8,17 @@ subclasses from ``bot.errors`` with a message a moderator can act on:
 * a body size cap counted on decompressed bytes while streaming;
 * redirects followed by hand, so every hop is re-validated;
 * unless ``ALLOW_PRIVATE_ADDRESSES`` is set, no connection to loopback, private,
-  link-local, multicast or reserved addresses. Host names are checked by a
-  resolver installed on the session, i.e. on the very addresses aiohttp is about
-  to connect to (no gap between check and use for DNS rebinding to exploit);
-  IP-literal hosts, which aiohttp never hands to a resolver, are checked on
-  every hop before connecting.
+  link-local, multicast or reserved addresses: the session resolves host names
+  through ``bot.addresses.GuardedResolver`` and every hop's IP-literal host is
+  checked before connecting (the rules themselves live in ``bot.addresses``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,11 +26,10 @@ from http import HTTPStatus
 from typing import Final
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from bot import __version__
+from bot.addresses import GuardedResolver, check_literal_host
 from bot.errors import (
     BlockedAddressError,
     FeedError,
@@ -43,6 +38,18 @@ from bot.errors import (
     PermanentFeedError,
     TransientFeedError,
 )
+
+# GuardedResolver is re-exported: callers building their own sessions take it from here.
+__all__ = [
+    "MAX_REDIRECTS",
+    "MAX_URL_LENGTH",
+    "FetchResult",
+    "Fetcher",
+    "GuardedResolver",
+    "check_hop",
+    "check_url",
+    "create_session",
+]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ def check_hop(url: str, *, allow_private: bool) -> str:
     """
     checked = URL(check_url(url))
     if not allow_private:
-        _check_literal_host(checked)
+        check_literal_host(checked)
     return str(checked)
 
 
@@ -146,97 +153,6 @@ def _validated(url: URL, *, shown: str) -> URL:
     except ValueError:
         raise InvalidFeedURLError(f"{shown!r} has an invalid port number.") from None
     return url.with_fragment(None)
-
-
-def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address an IP-literal host names, or None for a host name.
-
-    Legacy IPv4 spellings (``127.1``, ``2130706433``, ``0x7f.0.0.1``) count as
-    literals too: the C library still maps them onto addresses.
-    """
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    if ":" in host:
-        return None
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
-
-
-def _forbidden_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why connecting to ``ip`` is refused, or None when it is a public address.
-
-    IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo) are judged by
-    the embedded address too, so ``::ffff:127.0.0.1`` cannot sneak through.
-    """
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
-        for inner in embedded:
-            if inner is not None and (kind := _forbidden_kind(inner)) is not None:
-                return kind
-    checks = (
-        ("loopback", ip.is_loopback),
-        ("unspecified", ip.is_unspecified),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-        # Shared address space (100.64/10), documentation ranges and the like.
-        ("non-public", not ip.is_global),
-    )
-    return next((kind for kind, hit in checks if hit), None)
-
-
-def _blocked(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, kind: str) -> str:
-    detail = str(ip) if kind == "private" else f"{ip}, {kind}"
-    return (
-        f"The feed host {host} resolves to a private address ({detail}); "
-        "set ALLOW_PRIVATE_ADDRESSES=true to allow it."
-    )
-
-
-def _check_literal_host(url: URL) -> None:
-    host = url.raw_host or ""
-    ip = _literal_ip(host)
-    if ip is not None and (kind := _forbidden_kind(ip)) is not None:
-        raise BlockedAddressError(_blocked(host, ip, kind))
-
-
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that refuses host names resolving to forbidden addresses.
-
-    It wraps aiohttp's default resolver and checks *every* address returned, since
-    aiohttp may try any of them (happy eyeballs). Names under ``.invalid`` fail
-    at once without a DNS query, as RFC 6761 asks, which also lets tests exercise
-    DNS failure without traffic leaving the machine.
-    """
-
-    def __init__(self, *, allow_private: bool, inner: AbstractResolver | None = None) -> None:
-        self._allow_private = allow_private
-        self._inner = inner if inner is not None else DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve ``host`` and raise ``BlockedAddressError`` if any address is forbidden."""
-        name = host.rstrip(".").lower()
-        if name == "invalid" or name.endswith(".invalid"):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        results = await self._inner.resolve(host, port, family)
-        if not self._allow_private:
-            for result in results:
-                # A scoped IPv6 address ("fe80::1%eth0") is link-local whatever the scope.
-                ip = ipaddress.ip_address(result["host"].split("%", 1)[0])
-                if (kind := _forbidden_kind(ip)) is not None:
-                    raise BlockedAddressError(_blocked(host, ip, kind))
-        return results
-
-    async def close(self) -> None:
-        """Release the wrapped resolver."""
-        await self._inner.close()
 
 
 # --- session and fetcher ------------------------------------------------------------------
@@ -325,7 +241,7 @@ class Fetcher:
         for _ in range(MAX_REDIRECTS + 1):
             _validated(url, shown=_shown(url))
             if not self._allow_private:
-                _check_literal_host(url)
+                check_literal_host(url)
             try:
                 async with self._session.get(
                     url, headers=headers, allow_redirects=False, timeout=_NO_AIOHTTP_TIMEOUT

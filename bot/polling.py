@@ -56,10 +56,9 @@ def next_after_failure(
     now: datetime, interval: int, failures: int, retry_after: float | None, rng: random.Random
 ) -> datetime:
     """Exponential backoff from the interval, jittered, honouring ``Retry-After``."""
-    exponent = min(max(failures - 1, 0), 16)
-    delay = min(
-        timedelta(seconds=interval) * (2**exponent), max(MAX_BACKOFF, timedelta(seconds=interval))
-    )
+    exponent: int = min(max(failures - 1, 0), 16)
+    ceiling = max(MAX_BACKOFF, timedelta(seconds=interval))
+    delay: timedelta = min(timedelta(seconds=interval * 2**exponent), ceiling)
     delay *= rng.uniform(0.8, 1.2)
     if retry_after is not None:
         delay = max(delay, timedelta(seconds=min(retry_after, 86_400)))
@@ -87,10 +86,10 @@ class Poller:
         try:
             summary = await self.ingestor.poll(sub)
         except FeedError as exc:
-            return await self._failed(sub, str(exc), exc.status, exc.retry_after)
+            return await self.record_failure(sub, str(exc), exc.status, exc.retry_after)
         except Exception:
             log.exception("Unexpected error while polling %s", sub.feed_url)
-            return await self._failed(
+            return await self.record_failure(
                 sub,
                 "Internal error while reading the feed (details are in the bot's log).",
                 None,
@@ -116,9 +115,14 @@ class Poller:
         )
         return PollOutcome(sub.id, summary, None, None, 0, next_poll_at, change)
 
-    async def _failed(
-        self, sub: Subscription, error: str, status: int | None, retry_after: float | None
+    async def record_failure(
+        self,
+        sub: Subscription,
+        error: str,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> PollOutcome:
+        """Count a failure (of the poll or of delivering its results) and back off."""
         now = self.clock()
         failures = sub.consecutive_failures + 1
         next_poll_at = next_after_failure(

@@ -65,21 +65,23 @@ async def run_preview(
     source: str, settings: Settings, out: TextIO, *, articles: int = DEFAULT_ARTICLES
 ) -> None:
     """Load ``source`` and print its threads; raise ``BlogMirrorError`` on failure."""
-    path = Path(source).expanduser()
-    if "://" not in source and path.exists():
-        blog = await asyncio.to_thread(load_local, path)
-    elif "://" not in source:
-        raise BlogMirrorError(f"No such file or folder: {source}")
-    else:
+    if "://" in source:
         blog = await load_remote(source, settings, articles)
+    else:
+        blog = await asyncio.to_thread(load_local, Path(source))
     out.write(format_blog(blog, articles=articles))
 
 
 def load_local(path: Path) -> Blog:
+    path = path.expanduser()
+    if not path.exists():
+        raise BlogMirrorError(f"No such file or folder: {path}")
     blog = Blog()
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        if path.is_dir() and (file.suffix.lower() not in _FEED_SUFFIXES or file.name.startswith(".")):
+        if path.is_dir() and (
+            file.suffix.lower() not in _FEED_SUFFIXES or file.name.startswith(".")
+        ):
             continue
         try:
             blog.add(parse_feed(file.read_bytes(), file.resolve().as_uri()))

@@ -1,0 +1,76 @@
+"""Running the bot: open the database and HTTP session, start, stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import discord
+
+from bot.client import BlogMirrorBot
+from bot.errors import BlogMirrorError
+from bot.fetch import Fetcher, create_session
+from bot.settings import Settings
+from storage import Database, DatabaseTooNewError
+
+log = logging.getLogger(__name__)
+
+
+async def run_bot(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM or a fatal error; always close the database."""
+    try:
+        db = await Database.open(settings.database_path)
+    except DatabaseTooNewError as exc:
+        raise BlogMirrorError(str(exc)) from None
+    try:
+        async with create_session(allow_private=settings.allow_private_addresses) as session:
+            fetcher = Fetcher(
+                session,
+                timeout=settings.feed_timeout_seconds,
+                max_bytes=settings.max_feed_bytes,
+                allow_private=settings.allow_private_addresses,
+            )
+            bot = BlogMirrorBot(settings=settings, db=db, fetcher=fetcher)
+            stop = _install_signal_handlers(bot)
+            try:
+                async with bot:
+                    await bot.start(settings.discord_token)
+            except discord.LoginFailure:
+                raise BlogMirrorError(
+                    "Discord refused the token (DISCORD_TOKEN): reset it in the developer "
+                    "portal and update the setting."
+                ) from None
+            except discord.PrivilegedIntentsRequired:
+                raise BlogMirrorError("Discord refused the gateway intents.") from None
+            finally:
+                stop()
+    finally:
+        await db.close()
+        log.info("Stopped; database closed")
+
+
+def _install_signal_handlers(bot: BlogMirrorBot) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def request_stop(name: str) -> None:
+        if closing:
+            return
+        log.info("Received %s: stopping", name)
+        closing.append(loop.create_task(bot.close()))
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, request_stop, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not on this platform / thread
+            pass
+
+    def remove() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return remove

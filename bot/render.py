@@ -1,0 +1,231 @@
+"""What blogmirror posts in Discord: thread names, article messages, comment messages.
+
+Pure functions from the feed's dataclasses to text. Every piece of feed text goes
+through :mod:`bot.markdown`, which makes it safe; the markup added here (bold names,
+timestamps, links) is the only live formatting in a message.
+
+A comment's first message starts with a fixed header line that carries its permalink.
+:func:`permalink_in` reads it back, which is how an unfinished send is settled at
+start-up: the bot's own messages in a thread say which comments they show.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import islice
+from urllib.parse import quote, unquote
+
+from bot.markdown import (
+    convert_html,
+    escape_text,
+    html_to_markdown,
+    iter_parts,
+    one_line,
+    safe_url,
+    split_message,
+)
+from bot.models import Article, Comment
+
+__all__ = [
+    "MESSAGE_LIMIT",
+    "RenderedArticle",
+    "discord_timestamp",
+    "escape_text",
+    "html_to_markdown",
+    "permalink_in",
+    "render_article",
+    "render_comment",
+    "split_message",
+    "thread_name",
+]
+
+MESSAGE_LIMIT = 2000
+THREAD_NAME_LIMIT = 100
+EXCERPT_CHARS = 700
+# Blogger caps comments at 4,096 characters, so a real comment needs three messages
+# at most; a feed that claims more gets this many and a pointer to the blog.
+MAX_COMMENT_PARTS = 10
+NAME_CHARS = 80
+TITLE_CHARS = 200
+MAX_URL_CHARS = 512
+MAX_PERMALINK_CHARS = 1000
+
+REMOVED_NOTE = "*This comment was removed on the blog.*"
+ORPHAN_NOTE = "*↪ In reply to a comment that is no longer available.*"
+EMPTY_NOTE = "*(empty comment)*"
+TRUNCATED_NOTE = "*… This comment is too long to show in full here; read it on the blog.*"
+
+_TIMESTAMP_STYLES = frozenset("tTdDfFR")
+_CUT_PUNCTUATION = " ,;:-–—"
+
+# A permalink is shown as written when Discord will show it as written; anything
+# else (spaces, markup, mentions, invisible characters, another scheme) is
+# percent-encoded and labelled so, which keeps it readable back exactly.
+_PLAIN_PERMALINK = re.compile(r"https?://[^\s<>\"`|\\^{}()\[\]*]+")
+_MENTION_WORD = re.compile(r"@(?:everyone|here)", re.IGNORECASE)
+_PLAIN_LABEL = "permalink"
+_ESCAPED_LABEL = "permalink (escaped)"
+_ESCAPED_SAFE = "/:?#=&;,+!$'~-._"
+_HEADER = re.compile(
+    r"\*\*(?:\\.|[^\\*\n])+\*\* · <t:-?\d+:f> · "
+    r"\[(?P<label>permalink(?: \(escaped\))?)\]\(<(?P<url>[^<>\n]*)>\)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedArticle:
+    """An article's Discord message; the sender shows ``image_url`` as an embed image."""
+
+    content: str
+    image_url: str | None
+    url: str
+    title: str
+
+
+def discord_timestamp(dt: datetime, style: str = "f") -> str:
+    """``<t:EPOCH:style>``: Discord shows it in each reader's own time zone.
+
+    A naive datetime is taken as UTC, which is what feed timestamps without a zone mean.
+    """
+    if style not in _TIMESTAMP_STYLES:
+        raise ValueError(f"unknown Discord timestamp style {style!r}")
+    return f"<t:{math.floor(_as_utc(dt).timestamp())}:{style}>"
+
+
+def thread_name(title: str, published: datetime) -> str:
+    """The thread's name: the title on one line, cut to Discord's 100 characters.
+
+    Discord shows thread names as plain text, so nothing is escaped; an untitled
+    article is named by its UTC publication date, which is the same for every reader.
+    """
+    name = one_line(title)
+    return _shorten(name, THREAD_NAME_LIMIT) if name else _untitled(published)
+
+
+def render_article(article: Article, *, blog_title: str) -> RenderedArticle:
+    """The message that opens an article's thread: title, byline, excerpt and link.
+
+    The URL is wrapped in ``<>`` so Discord adds no link preview: the article's own
+    image is the embed. ``blog_title`` names the author when the feed names nobody.
+    """
+    title = one_line(article.title) or _untitled(article.published)
+    url = safe_url(article.url)
+    if url is not None and len(url) > MAX_URL_CHARS:
+        url = None
+    shown_title = escape_text(_shorten(title, TITLE_CHARS))
+    lines = [f"**[{shown_title}](<{url}>)**" if url else f"**{shown_title}**"]
+    author = one_line(article.author) or one_line(blog_title)
+    when = discord_timestamp(article.published)
+    lines.append(f"by {escape_text(_shorten(author, NAME_CHARS))} · {when}" if author else when)
+    footer = [f"Read the article: <{url}>"] if url else []
+    room = MESSAGE_LIMIT - sum(len(line) + 1 for line in [*lines, *footer])
+    excerpt = _excerpt(article.html, base_url=url, room=min(EXCERPT_CHARS, room))
+    content = "\n".join([*lines, *([excerpt] if excerpt else []), *footer])
+    image = safe_url(article.image_url)
+    return RenderedArticle(
+        content=content,
+        image_url=image if image and len(image) <= MESSAGE_LIMIT else None,
+        url=article.url,
+        title=title,
+    )
+
+
+def render_comment(comment: Comment, *, parent_missing: bool = False) -> list[str]:
+    """A comment's messages; the first carries the header and is the one replies point at.
+
+    A removed comment shows the header and a note only, so editing its message
+    takes the removed text out of Discord too.
+    """
+    header = _comment_header(comment)
+    if comment.removed:
+        return [f"{header}\n{REMOVED_NOTE}"]
+    lead = f"{header}\n{ORPHAN_NOTE}\n" if parent_missing else f"{header}\n"
+    body = html_to_markdown(comment.html, base_url=safe_url(comment.permalink))
+    if not body:
+        return [lead + EMPTY_NOTE]
+
+    def budget_of(index: int) -> int:
+        budget = MESSAGE_LIMIT - len(lead) if index == 0 else MESSAGE_LIMIT
+        if index == MAX_COMMENT_PARTS - 1:
+            budget -= len(TRUNCATED_NOTE) + 1
+        return budget
+
+    parts = list(islice(iter_parts(body, budget_of), MAX_COMMENT_PARTS + 1))
+    if len(parts) > MAX_COMMENT_PARTS:
+        parts = parts[:MAX_COMMENT_PARTS]
+        parts[-1] += "\n" + TRUNCATED_NOTE
+    parts[0] = lead + parts[0]
+    return parts
+
+
+def permalink_in(content: str) -> str | None:
+    """The permalink in the header of a message :func:`render_comment` made, else None.
+
+    Only the first line is read, and only when it has the exact header shape; the
+    caller must still check that the bot wrote the message, since a member can copy it.
+    """
+    match = _HEADER.fullmatch(content.split("\n", 1)[0])
+    if match is None:
+        return None
+    if match["label"] == _PLAIN_LABEL:
+        return match["url"]
+    return unquote(match["url"], errors="surrogatepass")
+
+
+def _comment_header(comment: Comment) -> str:
+    """``**Name** · <t:…:f> · [permalink](<url>)``: the line that identifies a comment."""
+    name = escape_text(_shorten(one_line(comment.author), NAME_CHARS)) or "Anonymous"
+    header = f"**{name}** · {discord_timestamp(comment.published)}"
+    link = _permalink_link(comment.permalink)
+    return f"{header} · {link}" if link else header
+
+
+def _permalink_link(permalink: str) -> str | None:
+    """The permalink as a masked link with no preview, written so it reads back exactly."""
+    if not permalink:
+        return None
+    if (
+        _PLAIN_PERMALINK.fullmatch(permalink)
+        and permalink.isprintable()
+        and not _MENTION_WORD.search(permalink)
+    ):
+        label, target = _PLAIN_LABEL, permalink
+    else:
+        label, target = _ESCAPED_LABEL, quote(permalink, safe=_ESCAPED_SAFE, errors="surrogatepass")
+    if len(target) > MAX_PERMALINK_CHARS:
+        return None  # no real permalink is this long; the header must leave room for text
+    return f"[{label}](<{target}>)"
+
+
+def _excerpt(html: str, *, base_url: str | None, room: int) -> str:
+    """The article's start as Markdown in at most ``room`` characters, cut at a pause."""
+    if room < 80:
+        return ""
+    markdown = convert_html(html, base_url=base_url, images=False)
+    parts = iter_parts(markdown, lambda _index: room - 2)
+    first = next(parts, "")
+    if next(parts, None) is None:
+        return first
+    if first.endswith("```"):
+        return first + "\n…"
+    return first + (" …" if first[-1] in ".!?" else "…")
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut after a word when one ends late enough."""
+    if len(text) <= limit:
+        return text
+    space = text.rfind(" ", 0, limit)
+    cut = text[:space] if space >= limit * 0.6 else text[: limit - 1]
+    return (cut.rstrip(_CUT_PUNCTUATION) or cut) + "…"
+
+
+def _untitled(published: datetime) -> str:
+    return f"Untitled post ({_as_utc(published):%Y-%m-%d})"
+
+
+def _as_utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)

@@ -1,0 +1,163 @@
+"""What the moderator commands do, without the Discord plumbing.
+
+The cogs parse interactions and format replies; everything that decides
+something (is this URL a feed, is it already subscribed, which subscription
+does this ``feed`` option name in this guild) lives here. Every lookup is
+scoped to the invoking guild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from bot.discovery import discover_feed
+from bot.errors import BlogMirrorError, FeedError
+from bot.fetch import Fetcher, check_url
+from bot.ingest import Ingestor, PollSummary
+from bot.models import ParsedFeed
+from bot.parse import parse_feed
+from bot.polling import Poller, PollOutcome
+from storage import ArticleRepo, DuplicateSubscriptionError, SubscriptionRepo
+from storage.records import Subscription, SubscriptionState
+
+log = logging.getLogger(__name__)
+
+MAX_BACKFILL = 25
+
+
+class NotFoundError(BlogMirrorError):
+    """No subscription or article matches what the moderator typed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    subscription: Subscription
+    feed: ParsedFeed
+    outcome: PollOutcome
+
+
+class BlogService:
+    """Subscription management for one bot, every call scoped to a guild."""
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        subscriptions: SubscriptionRepo,
+        articles: ArticleRepo,
+        ingestor: Ingestor,
+        poller: Poller,
+        *,
+        default_interval: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.fetcher = fetcher
+        self.subscriptions = subscriptions
+        self.articles = articles
+        self.ingestor = ingestor
+        self.poller = poller
+        self.default_interval = default_interval
+        self.clock = clock
+
+    async def subscribe(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        url: str,
+        comments: bool,
+        backfill: int,
+    ) -> Subscribed:
+        """Validate the feed, store the subscription and run its first poll.
+
+        The first poll records the ``backfill`` newest articles as pending and
+        the rest as seen; the caller then delivers them.
+        """
+        if not 0 <= backfill <= MAX_BACKFILL:
+            raise BlogMirrorError(f"backfill must be between 0 and {MAX_BACKFILL}.")
+        url = check_url(url)
+        existing = await self.subscriptions.find_in_guild(guild_id, url)
+        if any(s.channel_id == channel_id for s in existing):
+            raise BlogMirrorError("That blog is already mirrored in that channel.")
+        found = await discover_feed(self.fetcher, url)
+        assert found.body.body is not None
+        feed = await asyncio.to_thread(parse_feed, found.body.body, found.feed_url, kind="posts")
+        if feed.kind != "posts":
+            raise BlogMirrorError(
+                "That is a comments feed: subscribe the blog itself (its homepage or posts feed)."
+            )
+        now = self.clock()
+        try:
+            sub = await self.subscriptions.add(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                feed_url=found.feed_url,
+                blog_url=found.blog_url or feed.site_url,
+                blog_title=feed.title,
+                dialect=feed.dialect.value,
+                comments_feed_url=feed.comments_feed_url,
+                mirror_comments=comments,
+                backfill=backfill,
+                interval_seconds=self.default_interval,
+                now=now,
+                next_poll_at=now + timedelta(seconds=self.default_interval),
+            )
+        except DuplicateSubscriptionError:
+            raise BlogMirrorError("That blog is already mirrored in that channel.") from None
+        log.info("Guild %s subscribed %s in channel %s", guild_id, sub.feed_url, channel_id)
+        outcome = await self.poller.poll(sub)
+        fresh = await self.subscriptions.get(sub.id)
+        assert fresh is not None
+        return Subscribed(fresh, feed, outcome)
+
+    async def resolve(self, guild_id: int, feed: str) -> Subscription:
+        """The guild's subscription named by a feed URL or blog URL (or its id)."""
+        feed = feed.strip()
+        matches = await self.subscriptions.find_in_guild(guild_id, feed)
+        if not matches:
+            for sub in await self.subscriptions.list_for_guild(guild_id):
+                if feed in (str(sub.id), sub.blog_title):
+                    matches.append(sub)
+        if not matches:
+            raise NotFoundError(
+                f"No subscription in this server matches {feed!r}: pick one from the list "
+                "(`/blog list`)."
+            )
+        return matches[0]
+
+    async def poll_now(self, sub: Subscription) -> PollOutcome:
+        return await self.poller.poll(sub)
+
+    async def set_paused(self, sub: Subscription, paused: bool) -> Subscription:
+        if paused:
+            await self.subscriptions.set_state(sub.id, SubscriptionState.PAUSED)
+        else:
+            await self.subscriptions.set_state(
+                sub.id, SubscriptionState.ACTIVE, next_poll_at=self.clock()
+            )
+        fresh = await self.subscriptions.get(sub.id)
+        assert fresh is not None
+        return fresh
+
+    async def unsubscribe(self, sub: Subscription) -> None:
+        await self.subscriptions.delete(sub.id)
+        log.info("Guild %s unsubscribed %s", sub.guild_id, sub.feed_url)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One human line for an expected failure."""
+    if isinstance(exc, FeedError | BlogMirrorError):
+        return str(exc)
+    return "Something went wrong on our side; the details are in the bot's log."
+
+
+def describe_summary(summary: PollSummary | None) -> str:
+    if summary is None:
+        return "nothing read"
+    return (
+        f"{summary.new_articles} new article(s), {summary.new_comments} new comment(s), "
+        f"{summary.changed_articles + summary.changed_comments} change(s)"
+    )

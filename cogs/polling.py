@@ -1,0 +1,70 @@
+"""The polling loop: every subscription on its own schedule, at most POLL_CONCURRENCY at once.
+
+A one-second scheduler tick picks the subscriptions that are due and starts a
+task for each one not already running. Each task is kept (no fire-and-forget)
+and its failure logged; the tick itself is guarded so one bad iteration never
+stops the loop (``tasks.loop`` dies for good on an unhandled exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from discord.ext import commands, tasks
+
+from storage.records import Subscription
+
+if TYPE_CHECKING:
+    from bot.client import BlogMirrorBot
+
+log = logging.getLogger(__name__)
+
+
+class PollingCog(commands.Cog):
+    def __init__(self, bot: BlogMirrorBot) -> None:
+        self.bot = bot
+        self.gate = asyncio.Semaphore(bot.settings.poll_concurrency)
+        self.running: dict[int, asyncio.Task[None]] = {}
+
+    async def cog_load(self) -> None:
+        self.scheduler.start()
+
+    async def cog_unload(self) -> None:
+        self.scheduler.cancel()
+        tasks_ = list(self.running.values())
+        for task in tasks_:
+            task.cancel()
+        await asyncio.gather(*tasks_, return_exceptions=True)
+
+    @tasks.loop(seconds=1)
+    async def scheduler(self) -> None:
+        try:
+            limit = self.bot.settings.poll_concurrency * 4
+            for sub in await self.bot.subscriptions.list_due(datetime.now(UTC), limit):
+                if sub.id not in self.running:
+                    task = asyncio.create_task(self._run(sub), name=f"poll-{sub.id}")
+                    self.running[sub.id] = task
+                    task.add_done_callback(functools.partial(self._finished, sub.id))
+        except Exception:
+            log.exception("Polling scheduler tick failed")
+
+    @scheduler.before_loop
+    async def _wait_until_ready(self) -> None:
+        await self.bot.wait_until_ready()
+
+    async def _run(self, sub: Subscription) -> None:
+        async with self.gate:
+            await self.bot.cycle(sub)
+
+    def _finished(self, subscription_id: int, task: asyncio.Task[None]) -> None:
+        self.running.pop(subscription_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Poll of subscription %s crashed", subscription_id, exc_info=task.exception())
+
+
+async def setup(bot: BlogMirrorBot) -> None:
+    await bot.add_cog(PollingCog(bot))
