@@ -1,0 +1,166 @@
+"""The command line as a user runs it: ``python -m bot`` and ``python -m bot preview``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.feedserver import FIXTURES, FeedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.very-secret-token-value-xyz"
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in {"DISCORD_TOKEN", "DEV_GUILD_ID"}}
+    base.update(env or {})
+    base["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        capture_output=True,
+        text=True,
+        env=base,
+        cwd=cwd or ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_missing_token_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    """Without a token the bot explains what is missing and exits 2, without a traceback."""
+    result = run(cwd=tmp_path)
+    assert result.returncode == 2
+    assert "DISCORD_TOKEN is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_invalid_setting_is_listed_and_the_token_never_shown(tmp_path: Path) -> None:
+    """All problems in one message; no part of the token appears anywhere in the output."""
+    (tmp_path / ".env").write_text(f"DISCORD_TOKEN=bad {SECRET}\nPOLL_CONCURRENCY=0\n")
+    result = run(cwd=tmp_path, env={"LOG_LEVEL": "chatty"})
+    assert result.returncode == 2
+    for name in ("DISCORD_TOKEN", "POLL_CONCURRENCY", "LOG_LEVEL"):
+        assert name in result.stderr
+    output = result.stdout + result.stderr
+    assert SECRET[:10] not in output and SECRET[-10:] not in output
+
+
+def test_preview_of_the_seed_prints_the_expected_thread() -> None:
+    """The seed folder previews as one thread: 7 comments in order, 3 replies under parents."""
+    result = run("preview", str(FIXTURES / "seed"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "=== Thread: Great Leadership, But Poor Output?" in out
+    labels = re.findall(r"^( *)(↳ )?\[(\d)\](?: Discord reply to \[(\d)\])?$", out, re.MULTILINE)
+    assert [(int(n), int(p) if p else None) for _, _, n, p in labels] == [
+        (1, None),
+        (2, 1),
+        (3, 1),
+        (4, None),
+        (5, None),
+        (6, 5),
+        (7, None),
+    ]
+    starts = [
+        "Almost a copy and paste",
+        "This is easily explained",
+        "Yes so true upw",
+        "I think we need to think",
+        "Thank you 18:08",
+        "Carrot and stick",
+        "'For the period",
+    ]
+    positions = [out.index(text) for text in starts]
+    assert positions == sorted(positions)
+    times = re.findall(r"\*\*Anonymous\*\* · \d{4}-\d\d-(\d\d \d\d:\d\d)", out)
+    assert times == [
+        "03 09:51",
+        "03 11:20",
+        "03 13:40",
+        "03 18:08",
+        "03 20:15",
+        "03 21:02",
+        "04 07:45",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (FIXTURES / "real").iterdir() if p.suffix == ".xml")
+)
+def test_preview_of_each_real_fixture(name: str) -> None:
+    """Every real feed previews without error and names its blog."""
+    result = run("preview", str(FIXTURES / "real" / name))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Blog: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_preview_of_hidden_comments_is_a_clear_error() -> None:
+    """A non-feed file fails with one line naming the problem."""
+    result = run("preview", str(FIXTURES / "real" / "blogger_post_comments_hidden.txt"))
+    assert result.returncode == 1
+    assert "hides its comments" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_preview_of_a_missing_path() -> None:
+    """A path that does not exist is named in the error."""
+    result = run("preview", "no/such/feed.xml")
+    assert result.returncode == 1
+    assert "No such file or folder" in result.stderr
+
+
+async def test_preview_of_a_live_blogger_url() -> None:
+    """A Blogger posts feed URL is fetched with its post's comments feed, as a user would."""
+    async with FeedServer() as server:
+        site = server.url("/").rstrip("/")
+        posts = (
+            (FIXTURES / "seed" / "posts.atom.xml")
+            .read_bytes()
+            .replace(b"https://probationmatters.blogspot.com", site.encode())
+        )
+        server.route("/feeds/posts/default", posts)
+        server.fixture(
+            "/feeds/7128854030391125582/comments/default",
+            "seed/post-7128854030391125582-comments.atom.xml",
+        )
+        result = await _run_async("preview", server.url("/feeds/posts/default"))
+    assert result[0] == 0, result[2]
+    assert result[1].count("Discord reply to") == 3
+
+
+async def test_preview_refuses_loopback_without_the_setting() -> None:
+    """Loopback feed URLs are refused unless ALLOW_PRIVATE_ADDRESSES is true."""
+    async with FeedServer() as server:
+        server.fixture("/feed", "seed/posts.atom.xml")
+        code, _, err = await _run_async("preview", server.url("/feed"), allow_private=False)
+    assert code == 1
+    assert "ALLOW_PRIVATE_ADDRESSES" in err
+
+
+async def _run_async(*args: str, allow_private: bool = True) -> tuple[int, str, str]:
+    import asyncio
+
+    env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+    env["PYTHONPATH"] = str(ROOT)
+    env["ALLOW_PRIVATE_ADDRESSES"] = "true" if allow_private else "false"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
