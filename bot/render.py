@@ -2,7 +2,8 @@
 
 Pure functions from the feed's dataclasses to text. Every piece of feed text goes
 through :mod:`bot.markdown`, which makes it safe; the markup added here (bold names,
-timestamps, links) is the only live formatting in a message.
+timestamps, links) is the only live formatting in a message. Long text is split into
+messages here too, where Discord's 2,000-character limit is known.
 
 A comment's first message starts with a fixed header line that carries its permalink.
 :func:`permalink_in` reads it back, which is how an unfinished send is settled at
@@ -13,20 +14,14 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from urllib.parse import quote, unquote
 
-from bot.markdown import (
-    convert_html,
-    escape_text,
-    html_to_markdown,
-    iter_parts,
-    one_line,
-    safe_url,
-    split_message,
-)
+from bot.markdown import FENCE_LINE, convert_html, escape_text, html_to_markdown, one_line, safe_url
 from bot.models import Article, Comment
 
 __all__ = [
@@ -173,6 +168,162 @@ def permalink_in(content: str) -> str | None:
     if match["label"] == _PLAIN_LABEL:
         return match["url"]
     return unquote(match["url"], errors="surrogatepass")
+
+
+# --- splitting ----------------------------------------------------------------------
+
+MIN_SPLIT_LIMIT = 64  # room for a reopened code fence, its closing line and some text
+
+# Break levels, best first: (pattern, whether the break is at the match's end).
+_BREAKS: tuple[tuple[re.Pattern[str], bool], ...] = (
+    (re.compile(r"\n[ \t]*\n"), False),  # paragraph
+    (re.compile(r"\n"), False),  # line
+    (re.compile(r"[.!?…]+[\"'”’»)\]*_~]*(?=\s)"), True),  # sentence
+    (re.compile(r"(?<=\S)\s"), False),  # word
+)
+# Spans a break would ruin: masked links and inline code.
+_ATOMIC = re.compile(r"\[(?:[^\[\]\n\\]|\\.)*\]\([^()\s]*\)|`[^`\n]+`")
+_CLOSING_FENCE = re.compile(r"[ \t>]*```[ \t]*(?:\n|$)")
+_MAX_FENCE_INDENT = 16
+_FENCE_RESERVE = len("\n```") + _MAX_FENCE_INDENT
+_SKIP_SPACE = re.compile(r"\s+")
+_SKIP_SPACE_IN_CODE = re.compile(r"[ \t]*\n|[ \t]+")
+_TRAILING_BACKSLASHES = re.compile(r"\\+$")
+
+
+def split_message(text: str, limit: int = 2000) -> list[str]:
+    """``text`` in parts of at most ``limit`` characters, cut where a reader would pause.
+
+    Breaks at a paragraph, else a line, else a sentence, else a word, and cuts a word
+    only when it alone is longer than a part. Each part is at least half full when
+    such a break exists, so a long text does not become many short messages. A masked
+    link or inline code span that fits in a part is not broken, and a code block
+    that must be cut is closed at the end of one part and reopened in the next.
+    No word is lost or reordered; no part is empty.
+    """
+    if limit < MIN_SPLIT_LIMIT:
+        raise ValueError(f"limit must be at least {MIN_SPLIT_LIMIT}, not {limit}")
+    return list(iter_parts(text, lambda _index: limit))
+
+
+class _Fence:
+    """An open code fence at a cut: where it starts and how to close and reopen it."""
+
+    __slots__ = ("close", "content_start", "reopen", "start")
+
+    def __init__(self, match: re.Match[str]) -> None:
+        # The opener's language is not repeated: it would be a word the text lacks.
+        indent = match.group(1) if len(match.group(1)) <= _MAX_FENCE_INDENT else ""
+        self.start = match.start()
+        self.content_start = match.end()
+        self.reopen = f"{indent}```\n"
+        self.close = f"\n{indent}```"
+
+
+def iter_parts(text: str, budget_of: Callable[[int], int]) -> Iterator[str]:
+    """Parts of ``text``, part ``i`` at most ``budget_of(i)`` characters long.
+
+    Lazy, so a caller that wants only the first part (an excerpt) or a bounded number
+    of parts does not pay for splitting the whole text.
+    """
+    text = text.strip()
+    pos, end, index, reopen = 0, len(text), 0, ""
+    while pos < end:
+        budget = budget_of(index)
+        if len(reopen) + end - pos <= budget:
+            yield reopen + text[pos:]
+            return
+        window = reopen + text[pos : pos + 2 * budget]
+        cut, fence = _cut(window, budget, len(reopen))
+        part = window[:cut].rstrip()
+        yield part + fence.close if fence else part
+        index += 1
+        pos += cut - len(reopen)
+        if fence is None:
+            reopen = ""
+            skip = _SKIP_SPACE.match(text, pos)
+            pos = skip.end() if skip else pos
+            continue
+        reopen = fence.reopen
+        skip = _SKIP_SPACE_IN_CODE.match(text, pos)
+        if skip is not None:
+            pos = skip.end()
+            closing = _CLOSING_FENCE.match(text, pos) if skip.group().endswith("\n") else None
+            if closing is not None:
+                # The block ends right here: the fence just added closed it already.
+                reopen = ""
+                skip = _SKIP_SPACE.match(text, closing.end())
+                pos = skip.end() if skip else closing.end()
+
+
+def _cut(window: str, budget: int, floor: int) -> tuple[int, _Fence | None]:
+    """Where to end the part that ``window`` starts, and the code fence open there."""
+    atoms = [
+        (m.start(), m.end()) for m in _ATOMIC.finditer(window) if m.end() - m.start() <= budget
+    ]
+    cut = _best_break(window, budget, floor, atoms)
+    fence = _open_fence(window, cut)
+    if fence is None:
+        return cut, None
+    cut = _best_break(window, budget - _FENCE_RESERVE, floor, atoms)
+    fence = _open_fence(window, cut)
+    if fence is not None and fence.start > floor and not window[fence.content_start : cut].strip():
+        return fence.start, None  # don't end a part with an empty code block
+    return cut, fence
+
+
+def _best_break(window: str, room: int, floor: int, atoms: list[tuple[int, int]]) -> int:
+    """The best position in ``(floor, room]`` at which ``window`` can be cut."""
+    starts = [start for start, _ in atoms]
+
+    def inside_atom(position: int) -> int | None:
+        i = bisect_right(starts, position - 1) - 1
+        if i >= 0 and atoms[i][0] < position < atoms[i][1]:
+            return atoms[i][0]
+        return None
+
+    head = window[: room + 1]
+    fallback: int | None = None
+    in_atom: int | None = None
+    for pattern, at_end in _BREAKS:
+        best: int | None = None
+        for match in pattern.finditer(head):
+            position = match.end() if at_end else match.start()
+            if not floor < position <= room:
+                continue
+            if inside_atom(position) is None:
+                best = position
+            else:
+                in_atom = position
+        if best is not None:
+            if best >= room // 2:
+                return best
+            fallback = best if fallback is None else fallback
+    if fallback is not None:
+        return fallback
+    if in_atom is not None:
+        return in_atom  # breaking a link's text beats cutting a word in two
+    # One word longer than the room: cut it, but not inside an atom that would fit
+    # in the next part, and not between a backslash and the character it escapes.
+    cut = room
+    atom_start = inside_atom(cut)
+    if atom_start is not None and atom_start > floor:
+        cut = atom_start
+    backslashes = _TRAILING_BACKSLASHES.search(window, floor, cut)
+    if backslashes is not None and len(backslashes.group()) % 2 and cut - 1 > floor:
+        cut -= 1
+    return cut
+
+
+def _open_fence(window: str, cut: int) -> _Fence | None:
+    """The code fence still open at ``cut`` in ``window``, if any."""
+    opener: re.Match[str] | None = None
+    for match in FENCE_LINE.finditer(window, 0, cut):
+        opener = None if opener else match
+    return _Fence(opener) if opener else None
+
+
+# --- helpers ------------------------------------------------------------------------
 
 
 def _comment_header(comment: Comment) -> str:
