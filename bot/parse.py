@@ -394,14 +394,14 @@ def _entry_html(entry: Entry, dialect: Dialect) -> str:
 
 
 def _as_html(value: str, content_type: Any, dialect: Dialect) -> str:
-    """Escape plain text so it renders as written.
+    """Escape plain text so it renders as written, its line breaks kept.
 
     Blogger's "short" feeds put a literal ``<br />`` in ``type='text'`` summaries,
     so Blogger text is taken as HTML.
     """
     if content_type in _HTML_TYPES or dialect is Dialect.BLOGGER:
         return value
-    return html.escape(value, quote=False)
+    return html.escape(value, quote=False).replace("\n", "<br />\n")
 
 
 def _author_name(entry: Entry) -> str:
