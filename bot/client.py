@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import discord
 from discord.ext import commands
@@ -40,12 +41,15 @@ def bot_intents() -> discord.Intents:
 class BlogMirrorBot(commands.Bot):
     """The bot. Everything long-lived is created in ``main()`` and passed in."""
 
-    def __init__(self, *, settings: Settings, db: Database, fetcher: Fetcher) -> None:
+    def __init__(
+        self, *, settings: Settings, db: Database, fetcher: Fetcher, **options: Any
+    ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=bot_intents(),
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            **options,
         )
         self.settings = settings
         self.db = db

@@ -434,14 +434,22 @@ class Mirror:
         """Send with the intent's nonce; on an uncertain failure resend the same nonce."""
         for attempt in range(SEND_ATTEMPTS):
             try:
-                message = await thread.send(
-                    content,
-                    nonce=intent.nonce,
-                    reference=reference or discord.utils.MISSING,
-                    allowed_mentions=NO_MENTIONS,
-                    suppress_embeds=True,
-                    mention_author=False,
-                )
+                if reference is None:
+                    message = await thread.send(
+                        content,
+                        nonce=intent.nonce,
+                        allowed_mentions=NO_MENTIONS,
+                        suppress_embeds=True,
+                    )
+                else:
+                    message = await thread.send(
+                        content,
+                        nonce=intent.nonce,
+                        reference=reference,
+                        allowed_mentions=NO_MENTIONS,
+                        suppress_embeds=True,
+                        mention_author=False,
+                    )
                 return message.id
             except discord.Forbidden as exc:
                 raise DeliveryError(_forbidden(thread, exc)) from exc

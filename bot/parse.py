@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import feedparser
 
@@ -112,8 +112,13 @@ def _run_feedparser(body: bytes, base_url: str | None) -> Any:
     resolve relative links, and the content type stops a NonXMLContentType flag.
     """
     headers = {"content-location": base_url, "content-type": "application/xml"}
-    # A file object, because feedparser.parse() opens bytes that name a file.
-    parsed = feedparser.parse(io.BytesIO(body), response_headers=headers if base_url else None)
+    try:
+        # A file object, because feedparser.parse() opens bytes that name a file.
+        parsed = feedparser.parse(io.BytesIO(body), response_headers=headers if base_url else None)
+    except (ValueError, LookupError) as exc:
+        # feedparser itself trips on some hostile bytes that expat accepts: a
+        # namespace URI holding a space, a non-UTF-8 encoding name.
+        raise FeedParseError(f"The feed could not be read ({exc}); nothing was used.") from exc
     error = parsed.get("bozo_exception")
     if parsed.get("bozo") and not isinstance(error, _BENIGN_BOZO):
         raise FeedParseError(f"The feed is not well-formed XML ({error}); nothing was used.")
@@ -185,8 +190,8 @@ def _blogger_comments_feed(url: str, site_url: str | None) -> str | None:
             return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
         if _BLOGGER_COMMENTS_PATH.search(parts.path) and "/feeds/comments/" in parts.path:
             return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    site = urlsplit(site_url or "")
-    if site.scheme in ("http", "https") and site.netloc:
+    site = _split(site_url or "")
+    if site is not None and site.scheme in ("http", "https") and site.netloc:
         return f"{site.scheme}://{site.netloc}/feeds/comments/default"
     return None
 
@@ -199,7 +204,8 @@ def _wordpress_comments_feed(
         return f"{site_url.rstrip('/')}/comments/feed/atom/"
     for candidate in (url, self_href or ""):
         home, found, _rest = candidate.partition("/comments/feed")
-        if found and urlsplit(home).scheme in ("http", "https"):
+        parts = _split(home)
+        if found and parts is not None and parts.scheme in ("http", "https"):
             return f"{home}/comments/feed/atom/"
     return None
 
@@ -321,7 +327,10 @@ def _blogger_parent(comment_id: str, related_href: str | None) -> str | None:
     """Turn ``.../comments/default/5226945339900040673`` into a full Blogger comment id."""
     if not related_href:
         return None
-    segment = urlsplit(related_href).path.rstrip("/").rpartition("/")[2]
+    parts = _split(related_href)
+    if parts is None:
+        return None
+    segment = parts.path.rstrip("/").rpartition("/")[2]
     if not segment:
         return None
     prefix, found, _rest = comment_id.rpartition(_BLOGGER_POST_MARK)
@@ -345,16 +354,29 @@ def _datetime(raw: str | None, parsed: Any) -> datetime | None:
     feedparser's ``*_parsed`` values are UTC struct_times that lose the offset,
     so the raw string is parsed first (ISO 8601 for Atom, RFC 822 for RSS).
     A zone RFC 822 cannot name falls back on feedparser's reading, as UTC.
+    A date that has no UTC equivalent (year 0, ``9999-12-31T23:00-05:00``) is no date.
     """
     if raw:
         value = _iso_datetime(raw.strip()) or _rfc822_datetime(raw.strip())
         if value is not None and value.tzinfo is not None:
-            return value
+            return value if _has_utc_equivalent(value) else None
         if value is not None and parsed is None:
             return value.replace(tzinfo=UTC)
     if parsed is not None:
-        return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
+        try:
+            return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
+        except (ValueError, OverflowError, OSError):
+            return None
     return None
+
+
+def _has_utc_equivalent(value: datetime) -> bool:
+    """False for aware datetimes that overflow when moved to UTC (storage needs UTC)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def _iso_datetime(raw: str) -> datetime | None:
@@ -370,7 +392,7 @@ def _rfc822_datetime(raw: str) -> datetime | None:
     """RFC 822 as in RSS; naive when the zone is unknown or ``-0000``."""
     try:
         return email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: a 30-digit year
         return None
 
 
@@ -482,7 +504,18 @@ def _absolute(base_url: str | None, href: str | None) -> str | None:
     """Resolve ``href`` against the feed's URL when it is an http(s) URL."""
     if not href:
         return None
-    return urljoin(base_url, href) if base_url else href
+    try:
+        return urljoin(base_url, href) if base_url else href
+    except ValueError:  # a malformed URL in the feed, such as ``http://[oops/``
+        return None
+
+
+def _split(url: str) -> SplitResult | None:
+    """``urlsplit``, or None for a malformed URL from a feed (it raises ValueError)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 def _https_if_relative_scheme(url: str) -> str:

@@ -207,7 +207,7 @@ def read_raw_entries(body: bytes) -> tuple[RawEntry, ...]:
         raise FeedParseError(
             "The feed uses XML entity or DTD features that are refused for safety."
         ) from exc
-    except (ParseError, ValueError) as exc:
+    except (ParseError, ValueError, LookupError) as exc:  # LookupError: unknown encoding
         raise FeedParseError(
             f"The feed is not well-formed XML ({exc}); it may be truncated or broken."
         ) from exc
@@ -225,7 +225,7 @@ def _read_any_encoding(body: bytes) -> tuple[RawEntry, ...]:
         return _read_entries(body)
     except defusedxml.DefusedXmlException:
         raise
-    except (ParseError, ValueError):
+    except (ParseError, ValueError, LookupError):
         transcoded = _transcode_to_utf8(body)
         if transcoded is None:
             raise
@@ -241,7 +241,8 @@ def _transcode_to_utf8(body: bytes) -> bytes | None:
     """The body as UTF-8 without its XML declaration, or None when that changes nothing.
 
     The declared charset is tried first (GB2312/GBK as their superset GB18030,
-    as feedparser does), then Windows-1252 and Latin-1, feedparser's fallbacks.
+    as feedparser does), then UTF-8, Windows-1252 and Latin-1, feedparser's
+    fallbacks (UTF-8 matters when the declared name is unknown: ``TTF-8``).
     """
     if body.startswith(_UTF16_BOMS):
         return None
@@ -249,13 +250,13 @@ def _transcode_to_utf8(body: bytes) -> bytes | None:
     match = _DECLARED_ENCODING.match(body)
     declared = match.group(1).decode("ascii").lower() if match else "utf-8"
     declared = "gb18030" if declared in ("gb2312", "gbk") else declared
-    for codec in (declared, "windows-1252", "latin-1"):
+    for codec in (declared, "utf-8", "windows-1252", "latin-1"):
         try:
             text = body.decode(codec)
         except (LookupError, UnicodeDecodeError):
             continue
-        if codec in ("utf-8", "utf8"):
-            return None  # valid UTF-8 already: the error was not about the charset
+        if codec in ("utf-8", "utf8") and declared in ("utf-8", "utf8"):
+            return None  # valid UTF-8 as declared: the error was not about the charset
         return _XML_DECLARATION.sub("", text, count=1).encode("utf-8")
     return None
 

@@ -1,0 +1,141 @@
+"""Shared fixtures: the whole bot against the Discord double and a local feed server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.client import BlogMirrorBot
+from bot.fetch import Fetcher, create_session
+from bot.settings import Settings
+from storage import Database
+from tests.discord_double import DiscordDouble, RateLimits
+from tests.feedserver import FeedServer, guard_loopback_only
+
+TEST_TOKEN = "discord-double-token-0123456789"
+
+
+class TestBot(BlogMirrorBot):
+    """The real bot; only discord.py's 5 s pause before a re-IDENTIFY is skipped."""
+
+    __test__ = False
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        return None
+
+
+def test_settings(database_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "discord_token": TEST_TOKEN,
+        "database_path": database_path,
+        "poll_interval_seconds": 300,
+        "poll_concurrency": 20,
+        "allow_private_addresses": True,
+        "dev_guild_id": None,
+        "log_level": "DEBUG",
+        "feed_timeout_seconds": 10.0,
+        "max_feed_bytes": 10_000_000,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@dataclass
+class Harness:
+    """A running bot, the double it talks to, and the feed server it reads."""
+
+    double: DiscordDouble
+    feeds: FeedServer
+    bot: TestBot
+    guild_id: int
+    forum_id: int
+    text_id: int
+    database_path: Path
+
+    async def subscribe(self, url: str, channel_id: int, **options: Any) -> Any:
+        record = await self.double.invoke_command(
+            self.guild_id,
+            self.text_id,
+            "blog",
+            "subscribe",
+            {"url": url, "channel": channel_id, **options},
+        )
+        await record.wait_done()
+        return record
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], *, timeout: float = 15.0, what: str = "condition"
+    ) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.02)
+
+    def thread_messages(self, parent_id: int) -> list[list[dict[str, Any]]]:
+        return [self.double.messages(int(t["id"])) for t in self.double.threads(parent_id)]
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    tmp_path: Path,
+    *,
+    rate_limits: RateLimits | None = None,
+    database_path: Path | None = None,
+    double: DiscordDouble | None = None,
+    feeds: FeedServer | None = None,
+    **settings: Any,
+) -> AsyncIterator[Harness]:
+    """Start the double (unless given), the feed server and the bot; stop all after."""
+    own_double = double is None
+    double = double or DiscordDouble(token=TEST_TOKEN, rate_limits=rate_limits)
+    own_feeds = feeds is None
+    feeds = feeds or FeedServer()
+    if own_double:
+        await double.start()
+    if own_feeds:
+        await feeds.start()
+    guild = double.add_guild("Readers")
+    forum = double.add_forum_channel(guild.id, "blog-comments", tags=["CRC", "News"])
+    text = double.add_text_channel(guild.id, "general")
+    path = database_path or tmp_path / "blogmirror.db"
+    config = test_settings(path, **settings)
+    db = await Database.open(path)
+    try:
+        with double.patched():
+            async with create_session(allow_private=True) as session:
+                fetcher = Fetcher(
+                    session, timeout=10, max_bytes=config.max_feed_bytes, allow_private=True
+                )
+                bot = TestBot(settings=config, db=db, fetcher=fetcher, guild_ready_timeout=0.05)
+                bot.mirror.retry_delay = 0.05
+                runner = asyncio.create_task(bot.start(TEST_TOKEN))
+                try:
+                    await double.wait_ready()
+                    async with asyncio.timeout(10):
+                        await bot.wait_until_ready()
+                    yield Harness(double, feeds, bot, guild.id, forum.id, text.id, path)
+                finally:
+                    await bot.close()
+                    with contextlib.suppress(Exception):
+                        await runner
+    finally:
+        await db.close()
+        if own_feeds:
+            await feeds.close()
+        if own_double:
+            await double.stop()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    guard_loopback_only(monkeypatch)
+    async with running_bot(tmp_path) as running:
+        yield running
