@@ -42,6 +42,9 @@ from storage.records import (
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
+# The bot's own content messages; a thread made from a message also opens with a
+# "thread starter" system message authored by the bot, which never counts.
+_CONTENT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 SEND_ATTEMPTS = 4
 HISTORY_WINDOW = 100
 THREAD_CONCURRENCY = 10
@@ -471,7 +474,11 @@ class Mirror:
         intents = await self.intents.unfinished_for_channel(thread.id)
         if not intents:
             return
-        mine = [m async for m in thread.history(limit=HISTORY_WINDOW) if m.author.id == self._me]
+        mine = [
+            m
+            async for m in thread.history(limit=HISTORY_WINDOW)
+            if m.author.id == self._me and m.type in _CONTENT_TYPES
+        ]
         mine.sort(key=lambda m: m.id)
         by_permalink: dict[str, discord.Message] = {}
         for message in mine:
@@ -506,6 +513,9 @@ class Mirror:
                 continue
             parts = render_comment(comment_of(comment, record.entry_id))
             ids = [comment.message_id, *comment.extra_message_ids]
+            if thread.archived:
+                # Discord refuses edits in an archived thread (50083): reopen it first.
+                await thread.edit(archived=False)
             try:
                 for index, message_id in enumerate(ids):
                     text = parts[index] if index < len(parts) else "*(removed on the blog)*"

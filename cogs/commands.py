@@ -103,9 +103,10 @@ class BlogCommands(
             label = f"{sub.display_name} ({sub.feed_url})"
             if needle and needle not in label.casefold():
                 continue
-            choices.append(
-                app_commands.Choice(name=_clip(label, 100), value=_clip(sub.feed_url, 100))
-            )
+            # Choice values are at most 100 characters: a longer feed URL is filled in
+            # as the subscription's number, which every `feed` option also accepts.
+            value = sub.feed_url if len(sub.feed_url) <= 100 else str(sub.id)
+            choices.append(app_commands.Choice(name=_clip(label, 100), value=value))
         return choices[:25]
 
     # --- commands -------------------------------------------------------------------

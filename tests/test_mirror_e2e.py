@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.conftest import Harness
+from tests.feedgen import GenComment, at, blogger_comments, blogger_post
 from tests.feedserver import FIXTURES
 
 SEED = FIXTURES / "seed"
@@ -71,3 +74,108 @@ async def test_subscribe_seed_into_a_text_channel(harness: Harness) -> None:
     # Discord opens a thread made from a message with a "thread starter" system message.
     inside = [m for m in harness.double.messages(int(thread["id"])) if m["type"] != 21]
     assert_seed_thread([starter, *inside])
+
+
+def comments_page(harness: Harness, comments: list[GenComment]) -> None:
+    harness.feeds.route("/feeds/comments/default", blogger_comments(comments))
+
+
+async def poll(harness: Harness) -> Any:
+    record = await harness.double.invoke_command(
+        harness.guild_id, harness.text_id, "blog", "poll", {}
+    )
+    await record.wait_done()
+    return record
+
+
+def seed_thread(harness: Harness) -> tuple[int, list[dict[str, Any]]]:
+    [thread] = harness.double.threads(harness.forum_id)
+    return int(thread["id"]), harness.double.messages(int(thread["id"]))
+
+
+async def test_news_between_polls_is_mirrored_and_removals_edited(harness: Harness) -> None:
+    """A new reply and a new article arrive on the next poll; a removed comment is edited."""
+    url = serve_seed(harness)
+    await harness.subscribe(url, harness.forum_id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    thread_id, before = seed_thread(harness)
+    first_comment = before[1]
+    seed = (SEED / "comments.atom.xml").read_text()
+    victim_id = "6612093358810427745"  # "I think we need to think ..."
+    removed = seed.replace(
+        f"#c{victim_id}' title=''/>",
+        f"#c{victim_id}' title=''/><gd:extendedProperty name='blogger.contentRemoved' value='true'/>",
+    )
+    reply = blogger_comments(
+        [GenComment(777, at(2000), "A late reply", parent=2918836402210955103)]
+    )
+    reply_entry = reply.decode().split("<entry>", 1)[1].removesuffix("</feed>")
+    removed = removed.replace("<entry>", "<entry>" + reply_entry + "<entry>", 1)
+    harness.feeds.route("/feeds/comments/default", removed.encode())
+    posts = (SEED / "posts.atom.xml").read_text()
+    new_post = blogger_post("555", "A brand new article", datetime.now(UTC))
+    harness.feeds.route(
+        "/feeds/posts/default", posts.replace("<entry>", new_post + "<entry>", 1).encode()
+    )
+    record = await poll(harness)
+    assert "1 new article(s), 1 new comment(s)" in "\n".join(record.contents)
+    threads = {t["name"]: int(t["id"]) for t in harness.double.threads(harness.forum_id)}
+    assert set(threads) == {TITLE, "A brand new article"}
+    messages = harness.double.messages(threads[TITLE])
+    assert len(messages) == 9
+    late = messages[-1]
+    assert "A late reply" in late["content"] and reply_to(late) == first_comment["id"]
+    edited = harness.double.message(int(before[4]["id"]))
+    assert "removed on the blog" in edited["content"]
+    assert "Probation Service Officer colleagues" not in edited["content"]
+
+
+async def test_moderator_deleted_message_is_not_mirrored_again(harness: Harness) -> None:
+    """A comment message a moderator deletes stays deleted across polls."""
+    url = serve_seed(harness)
+    await harness.subscribe(url, harness.forum_id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    thread_id, messages = seed_thread(harness)
+    harness.double.delete_message(thread_id, int(messages[2]["id"]), by_moderator=True)
+    await harness.wait_for(lambda: len(harness.double.messages(thread_id)) == 7)
+    await asyncio.sleep(0.2)  # let the bot record the MESSAGE_DELETE event
+    harness.feeds.route("/feeds/comments/default", (SEED / "comments.atom.xml").read_bytes() + b" ")
+    await poll(harness)
+    await poll(harness)
+    assert len(harness.double.messages(thread_id)) == 7
+
+
+async def test_deleted_thread_is_not_recreated(harness: Harness) -> None:
+    """A thread a moderator deletes is not re-created by later polls, even with new comments."""
+    url = serve_seed(harness)
+    await harness.subscribe(url, harness.forum_id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    thread_id, _ = seed_thread(harness)
+    harness.double.delete_thread(thread_id)
+    await asyncio.sleep(0.2)
+    comments_page(harness, [GenComment(901, at(3000), "Anyone here?")])
+    await poll(harness)
+    assert harness.double.threads(harness.forum_id) == []
+
+
+async def test_discord_faults_on_message_creation_never_duplicate(harness: Harness) -> None:
+    """500s after the message was made, connection resets and 429 storms: each comment once."""
+    harness.feeds.fixture("/feeds/posts/default", "seed/posts.atom.xml")
+    comments_page(
+        harness, [GenComment(2000 + n, at(10 + n), f"comment number {n}") for n in range(30)]
+    )
+    path = r"/channels/\d+/messages"
+    harness.double.inject_fault("error_after_commit", path, method="POST", status=500, times=3)
+    harness.double.inject_fault("reset_after_commit", path, method="POST", times=3)
+    harness.double.inject_fault("error_after_commit", path, method="POST", status=503, times=2)
+    harness.double.inject_fault("rate_limit", path, method="POST", retry_after=0.05, times=5)
+    await harness.subscribe(harness.feeds.url("/feeds/posts/default"), harness.forum_id)
+    for _ in range(5):
+        done = sum(map(len, harness.thread_messages(harness.forum_id))) >= 31
+        if done:
+            break
+        await poll(harness)
+    thread_id, messages = seed_thread(harness)
+    texts = [m["content"] for m in messages[1:]]
+    numbers = [int(t.rsplit("comment number ", 1)[1].split()[0]) for t in texts]
+    assert numbers == list(range(30))
