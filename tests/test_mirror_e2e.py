@@ -67,7 +67,7 @@ async def test_subscribe_seed_into_a_text_channel(harness: Harness) -> None:
     """In a text channel the article message is posted there and the thread made from it."""
     url = serve_seed(harness)
     await harness.subscribe(url, harness.text_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.text_id))) >= 7)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.text_id))) >= 8)
     [thread] = harness.double.threads(harness.text_id)
     [starter] = [m for m in harness.double.messages(harness.text_id) if TITLE in m["content"]]
     assert thread["id"] == starter["id"]
