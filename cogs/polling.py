@@ -46,15 +46,31 @@ class PollingCog(commands.Cog):
             limit = self.bot.settings.poll_concurrency * 4
             for sub in await self.bot.subscriptions.list_due(datetime.now(UTC), limit):
                 if sub.id not in self.running:
-                    task = asyncio.create_task(self._run(sub), name=f"poll-{sub.id}")
-                    self.running[sub.id] = task
-                    task.add_done_callback(functools.partial(self._finished, sub.id))
+                    self._start(sub)
         except Exception:
             log.exception("Polling scheduler tick failed")
 
     @scheduler.before_loop
     async def _wait_until_ready(self) -> None:
         await self.bot.wait_until_ready()
+        await self._resume_unfinished()
+
+    async def _resume_unfinished(self) -> None:
+        """After a restart, finish what was pending at once instead of at the next poll."""
+        try:
+            waiting = await self.bot.subscriptions.with_unfinished_work()
+        except Exception:
+            log.exception("Could not look for unfinished work")
+            return
+        for sub in waiting:
+            if sub.id not in self.running:
+                log.info("Resuming unfinished work of %s", sub.feed_url)
+                self._start(sub)
+
+    def _start(self, sub: Subscription) -> None:
+        task = asyncio.create_task(self._run(sub), name=f"poll-{sub.id}")
+        self.running[sub.id] = task
+        task.add_done_callback(functools.partial(self._finished, sub.id))
 
     async def _run(self, sub: Subscription) -> None:
         async with self.gate:

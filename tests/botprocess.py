@@ -1,0 +1,21 @@
+"""Run the real bot in its own process against a Discord double of the test process.
+
+``python -m tests.botprocess`` does what ``python -m bot`` does, after pointing
+discord.py at the double named by ``DOUBLE_URL``. Tests use it to kill the bot
+with SIGKILL at any instant and start it again on the same database.
+"""
+
+from __future__ import annotations
+
+import os
+
+import discord
+import yarl
+
+from bot.__main__ import main
+
+if __name__ == "__main__":
+    base = os.environ["DOUBLE_URL"]
+    discord.http.Route.BASE = f"{base}/api/v10"
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(base.replace("http", "ws") + "/ws")
+    main(["run"])

@@ -1,0 +1,177 @@
+"""Exactly once across SIGKILL: the bot process is killed mid-backfill and started again.
+
+The bot runs as a real subprocess (``tests.botprocess``) against the Discord
+double and the feed server of this test process, on one SQLite file. The fast
+variant kills it once; the full randomised suite (``-m slow``) kills it 20
+times at random moments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_TOKEN
+from tests.discord_double import DiscordDouble
+from tests.feedgen import GenComment, at, blogger_comments
+from tests.feedserver import FeedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMENTS = 100
+NUMBER = re.compile(r"comment number (\d+)\b")
+
+
+class World:
+    """The double, the feed server and the bot process (restartable)."""
+
+    def __init__(self, tmp_path: Path, double: DiscordDouble, feeds: FeedServer) -> None:
+        self.tmp_path = tmp_path
+        self.double = double
+        self.feeds = feeds
+        self.guild = double.add_guild("Readers")
+        self.forum = double.add_forum_channel(self.guild.id, "blog-comments")
+        self.text = double.add_text_channel(self.guild.id, "general")
+        self.process: asyncio.subprocess.Process | None = None
+        self.log = tmp_path / "bot.log"
+
+    async def start_bot(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD")}
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "DOUBLE_URL": self.double.url,
+                "DISCORD_TOKEN": TEST_TOKEN,
+                "DATABASE_PATH": str(self.tmp_path / "blogmirror.db"),
+                "ALLOW_PRIVATE_ADDRESSES": "true",
+                "DEV_GUILD_ID": str(self.guild.id),
+                "POLL_INTERVAL_SECONDS": "3600",
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        self.double.gateway.ready.clear()
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.botprocess",
+                env=env,
+                cwd=self.tmp_path,
+                stdout=log,
+                stderr=log,
+            )
+        await self.double.wait_ready()
+
+    async def kill_bot(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+        self.process = None
+
+    async def stop_bot(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        self.process = None
+
+    def comment_numbers(self) -> list[int]:
+        numbers: list[int] = []
+        for parent in (self.forum.id, self.text.id):
+            for thread in self.double.threads(parent):
+                for message in self.double.messages(int(thread["id"])):
+                    numbers += [int(n) for n in NUMBER.findall(message["content"])[:1]]
+        return numbers
+
+    def threads(self) -> list[str]:
+        return [t["name"] for t in self.double.threads(self.forum.id)]
+
+    async def wait_for_comments(self, count: int, timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.comment_numbers()) < count:
+                if self.process is not None and self.process.returncode is not None:
+                    raise AssertionError(f"bot exited: {self.log.read_text()[-3000:]}")
+                await asyncio.sleep(0.02)
+
+    async def subscribe(self, backfill: int = 1) -> None:
+        async with asyncio.timeout(20):
+            while not self.double.commands.commands(self.guild.id):
+                await asyncio.sleep(0.05)
+        record = await self.double.invoke_command(
+            self.guild.id,
+            self.text.id,
+            "blog",
+            "subscribe",
+            {
+                "url": self.feeds.url("/feeds/posts/default"),
+                "channel": self.forum.id,
+                "backfill": backfill,
+            },
+        )
+        await record.wait_for(lambda r: bool(r.contents))
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with DiscordDouble(token=TEST_TOKEN) as double, FeedServer() as feeds:
+        feeds.fixture("/feeds/posts/default", "seed/posts.atom.xml")
+        comments = [
+            GenComment(
+                3000 + n,
+                at(5 + n),
+                f"comment number {n}",
+                parent=3000 + n - 1 if n % 4 == 3 else None,
+            )
+            for n in range(COMMENTS)
+        ]
+        feeds.route("/feeds/comments/default", blogger_comments(comments))
+        world = World(tmp_path, double, feeds)
+        try:
+            yield world
+        finally:
+            await world.stop_bot()
+
+
+async def test_sigkill_mid_backfill_then_restart_gives_each_comment_once(world: World) -> None:
+    """Killed after ~a third of a 100-comment backfill, restarted: exactly 100 comments, once each."""
+    await world.start_bot()
+    await world.subscribe()
+    await world.wait_for_comments(30)
+    await world.kill_bot()
+    await world.start_bot()
+    await world.wait_for_comments(COMMENTS)
+    await asyncio.sleep(0.5)  # anything extra would show up now
+    assert sorted(world.comment_numbers()) == list(range(COMMENTS))
+    assert world.threads() == ["Great Leadership, But Poor Output?"]
+
+
+@pytest.mark.slow
+async def test_randomised_kills(world: World) -> None:
+    """Twenty SIGKILLs at random moments of the backfill; every comment ends up exactly once."""
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "20261126")))
+    await world.start_bot()
+    await world.subscribe()
+    for _ in range(20):
+        done = len(world.comment_numbers())
+        if done >= COMMENTS:
+            break
+        await asyncio.sleep(rng.uniform(0.0, 0.4))
+        await world.kill_bot()
+        await world.start_bot()
+    await world.wait_for_comments(COMMENTS, timeout=120)
+    await asyncio.sleep(0.5)
+    counts = Counter(world.comment_numbers())
+    assert sorted(counts) == list(range(COMMENTS))
+    assert set(counts.values()) == {1}
+    assert len(world.threads()) == 1
