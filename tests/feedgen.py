@@ -105,7 +105,8 @@ def blogger_post(number: str, title: str, published: datetime) -> str:
         f"<content type='html'>{escape('<p>Body of ' + title + '</p>')}</content>"
         f"<link rel='replies' type='application/atom+xml' "
         f"href='{SITE}/feeds/{number}/comments/default' title='Post Comments'/>"
-        f"<link rel='alternate' type='text/html' href='{SITE}/{number}.html' title='{escape(title)}'/>"
+        f"<link rel='alternate' type='text/html' href='{SITE}/{number}.html' "
+        f"title='{escape(title)}'/>"
         "<author><name>Jim Brown</name></author></entry>"
     )
 

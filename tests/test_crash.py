@@ -144,7 +144,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 async def test_sigkill_mid_backfill_then_restart_gives_each_comment_once(world: World) -> None:
-    """Killed after ~a third of a 100-comment backfill, restarted: exactly 100 comments, once each."""
+    """Killed a third into a 100-comment backfill and restarted: 100 comments, once each."""
     await world.start_bot()
     await world.subscribe()
     await world.wait_for_comments(30)

@@ -51,7 +51,7 @@ async def make_fetcher() -> AsyncIterator[MakeFetcher]:
 
     async def make(
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - it is the Fetcher's setting, not this call's
+        timeout: float = 5.0,
         max_bytes: int = 1_048_576,
         allow_private: bool = True,
         session_allows_private: bool | None = None,

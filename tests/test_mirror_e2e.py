@@ -98,13 +98,14 @@ async def test_news_between_polls_is_mirrored_and_removals_edited(harness: Harne
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
     await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
-    thread_id, before = seed_thread(harness)
+    _thread_id, before = seed_thread(harness)
     first_comment = before[1]
     seed = (SEED / "comments.atom.xml").read_text()
     victim_id = "6612093358810427745"  # "I think we need to think ..."
     removed = seed.replace(
         f"#c{victim_id}' title=''/>",
-        f"#c{victim_id}' title=''/><gd:extendedProperty name='blogger.contentRemoved' value='true'/>",
+        f"#c{victim_id}' title=''/>"
+        "<gd:extendedProperty name='blogger.contentRemoved' value='true'/>",
     )
     reply = blogger_comments(
         [GenComment(777, at(2000), "A late reply", parent=2918836402210955103)]
@@ -175,7 +176,7 @@ async def test_discord_faults_on_message_creation_never_duplicate(harness: Harne
         if done:
             break
         await poll(harness)
-    thread_id, messages = seed_thread(harness)
+    _thread_id, messages = seed_thread(harness)
     texts = [m["content"] for m in messages[1:]]
     numbers = [int(t.rsplit("comment number ", 1)[1].split()[0]) for t in texts]
     assert numbers == list(range(30))
