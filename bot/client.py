@@ -15,6 +15,7 @@ from bot.fetch import Fetcher
 from bot.ingest import Ingestor
 from bot.polling import HealthChange, Poller, PollOutcome
 from bot.render import escape_text
+from bot.resync import Resyncer
 from bot.service import BlogService
 from bot.settings import Settings
 from storage import ArticleRepo, CommentRepo, Database, IntentRepo, SubscriptionRepo
@@ -69,6 +70,9 @@ class BlogMirrorBot(commands.Bot):
             self.ingestor,
             self.poller,
             default_interval=settings.poll_interval_seconds,
+        )
+        self.resyncer = Resyncer(
+            self.subscriptions, self.articles, self.comments, self.ingestor, self.mirror
         )
         self._cycle_locks: dict[int, asyncio.Lock] = {}
 
@@ -136,7 +140,7 @@ class BlogMirrorBot(commands.Bot):
         elif outcome.change is HealthChange.DISABLED:
             text = (
                 f"⛔ **{escape_text(name)}** was disabled after {outcome.failures} failed polls. "
-                f"Last error: {escape_text(outcome.error or 'unknown')}. "
+                f"Last error: {escape_text((outcome.error or 'unknown').rstrip('.'))}. "
                 "Fix the feed, then run `/blog resume`."
             )
         else:

@@ -41,6 +41,7 @@ from bot.parse import parse_feed
 from storage import ArticleRepo, CommentRepo, SubscriptionRepo
 from storage.articles import KnownEntry
 from storage.records import (
+    ArticleRecord,
     ArticleState,
     CommentState,
     HttpValidators,
@@ -125,6 +126,58 @@ class Ingestor:
         # so a failure part-way re-reads the same body next time.
         if posts.parsed is not None:
             await self._store_validators(sub, posts)
+        return summary
+
+    # --- one article, for /blog resync -------------------------------------------------
+
+    async def find_article(
+        self, sub: Subscription, matches: Callable[[Article], bool], *, max_pages: int = 20
+    ) -> Article | None:
+        """Page back through the posts feed (``rel="next"``) for an article."""
+        url: str | None = sub.feed_url
+        seen: set[str] = set()
+        while url and url not in seen and len(seen) < max_pages:
+            seen.add(url)
+            result = await self.fetcher.fetch(url)
+            if result.body is None:
+                return None
+            page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="posts")
+            for article in page.articles:
+                if matches(article):
+                    return article
+            url = page.next_url
+        return None
+
+    async def record_article(self, sub: Subscription, article: Article) -> None:
+        """Store an article found by a resync as pending, or update it if known."""
+        row = new_article(article)
+        known = await self.articles.known(sub.id, [article.id])
+        if article.id in known:
+            if known[article.id].content_hash != row.content_hash:
+                await self.articles.update_content(sub.id, row)
+            return
+        await self.articles.insert_many(
+            sub.id, [(row, ArticleState.PENDING)], now_text=to_db_time(self.clock())
+        )
+
+    async def fetch_article_comments(
+        self, sub: Subscription, article: ArticleRecord, *, max_pages: int = 40
+    ) -> PollSummary:
+        """Read one article's own comments feed, every page, and store what is new."""
+        summary = PollSummary()
+        url = article.comments_feed_url
+        seen: set[str] = set()
+        while url and url not in seen and len(seen) < max_pages:
+            seen.add(url)
+            summary.requests += 1
+            result = await self.fetcher.fetch(url)
+            if result.body is None:
+                break
+            page = await asyncio.to_thread(
+                parse_feed, result.body, result.url, kind="comments", article_id=article.entry_id
+            )
+            await self._record_comments(sub, page.comments, summary)
+            url = page.next_url
         return summary
 
     # --- fetching ----------------------------------------------------------------------
@@ -257,6 +310,10 @@ class Ingestor:
                 break
             page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="comments")
             pages += 1
+        if newest is not None:
+            # A comment dated in the future (a wrong clock, a broken feed) must not push
+            # the mark past now, or later polls would stop paging back too early.
+            newest = min(newest, self.clock())
         if newest is not None and (
             sub.comments_seen_until is None or newest > sub.comments_seen_until
         ):

@@ -20,7 +20,7 @@ from bot.fetch import Fetcher, check_url
 from bot.ingest import Ingestor, PollSummary
 from bot.models import ParsedFeed
 from bot.parse import parse_feed
-from bot.polling import Poller, PollOutcome
+from bot.polling import FAILING_AFTER, Poller, PollOutcome
 from storage import ArticleRepo, DuplicateSubscriptionError, SubscriptionRepo
 from storage.records import Subscription, SubscriptionState
 
@@ -136,7 +136,10 @@ class BlogService:
             await self.subscriptions.set_state(sub.id, SubscriptionState.PAUSED)
         else:
             await self.subscriptions.set_state(
-                sub.id, SubscriptionState.ACTIVE, next_poll_at=self.clock()
+                sub.id,
+                SubscriptionState.ACTIVE,
+                next_poll_at=self.clock(),
+                failures_cap=FAILING_AFTER,
             )
         fresh = await self.subscriptions.get(sub.id)
         assert fresh is not None

@@ -139,6 +139,22 @@ class ArticleRepo:
             row = await cursor.fetchone()
         return ArticleRecord.from_row(row) if row else None
 
+    async def find_by_urls(
+        self, subscription_ids: Iterable[int], urls: Iterable[str]
+    ) -> ArticleRecord | None:
+        """The first article of these subscriptions with one of these URLs."""
+        async with self.db.conn.execute(
+            """
+            SELECT * FROM articles
+            WHERE subscription_id IN (SELECT value FROM json_each(?))
+              AND url IN (SELECT value FROM json_each(?))
+            ORDER BY id LIMIT 1
+            """,
+            (json.dumps(list(subscription_ids)), json.dumps(list(urls))),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return ArticleRecord.from_row(row) if row else None
+
     async def by_thread(self, thread_id: int) -> ArticleRecord | None:
         async with self.db.conn.execute(
             "SELECT * FROM articles WHERE thread_id = ?", (thread_id,)
@@ -391,6 +407,26 @@ class CommentRepo:
             (subscription_id, state.value, json.dumps(list(entry_ids))),
         ) as cursor:
             return {row[0] async for row in cursor}
+
+    async def prepare_resync(self, article_id: int, *, new_thread: bool) -> None:
+        """Make an article's comments deliverable again for ``/blog resync``.
+
+        Comments recorded while the article was not mirrored become pending. When
+        the thread is made anew (its old one was deleted), the comments whose
+        messages went with it are posted again; those a moderator deleted one by
+        one stay deleted.
+        """
+        states = ["skipped", "posted"] if new_thread else ["skipped"]
+        async with self.db.write() as conn:
+            await conn.execute(
+                """
+                UPDATE comments
+                SET state = 'pending', message_id = NULL, extra_message_ids = '[]',
+                    parts_sent = 0, needs_edit = 0
+                WHERE article_id = ? AND state IN (SELECT value FROM json_each(?))
+                """,
+                (article_id, json.dumps(states)),
+            )
 
     async def record_part(
         self, comment_id: int, *, part: int, message_id: int, total_parts: int

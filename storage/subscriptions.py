@@ -195,17 +195,29 @@ class SubscriptionRepo:
         state: SubscriptionState,
         *,
         next_poll_at: datetime | None = None,
+        failures_cap: int = 0,
     ) -> None:
+        """Change state. Activating caps the failure count at ``failures_cap``.
+
+        A resumed feed that was failing keeps a count at the "failing" mark, so
+        its next success is reported as a recovery while a further failure does
+        not disable it again at once.
+        """
         async with self.db.write() as conn:
             if state is SubscriptionState.ACTIVE:
                 await conn.execute(
                     """
                     UPDATE subscriptions
-                    SET state = ?, consecutive_failures = 0,
+                    SET state = ?, consecutive_failures = min(consecutive_failures, ?),
                         next_poll_at = coalesce(?, next_poll_at)
                     WHERE id = ?
                     """,
-                    (state.value, next_poll_at and to_db_time(next_poll_at), subscription_id),
+                    (
+                        state.value,
+                        failures_cap,
+                        next_poll_at and to_db_time(next_poll_at),
+                        subscription_id,
+                    ),
                 )
             else:
                 await conn.execute(

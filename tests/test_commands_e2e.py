@@ -1,0 +1,241 @@
+"""Every /blog subcommand through the real client and the double's interactions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import pytest
+
+from tests.conftest import Harness
+from tests.discord_double import CommandNotAvailable, P
+from tests.feedgen import GenComment, at, blogger_comments
+from tests.feedserver import FIXTURES
+
+POSTS = "/feeds/posts/default"
+TITLE = "Great Leadership, But Poor Output?"
+
+
+PER_POST = "/feeds/7128854030391125582/comments/default"
+
+
+def serve_seed(harness: Harness) -> str:
+    """The seed blog, its post's own comments feed served locally too."""
+    posts = (FIXTURES / "seed" / "posts.atom.xml").read_bytes()
+    local = posts.replace(
+        f"https://probationmatters.blogspot.com{PER_POST}".encode(),
+        harness.feeds.url(PER_POST).encode(),
+    )
+    harness.feeds.route(POSTS, local, etag='"p1"')
+    harness.feeds.fixture("/feeds/comments/default", "seed/comments.atom.xml", etag='"c1"')
+    harness.feeds.fixture(PER_POST, "seed/post-7128854030391125582-comments.atom.xml")
+    return harness.feeds.url(POSTS)
+
+
+async def command(
+    harness: Harness,
+    sub: str,
+    guild_id: int | None = None,
+    channel_id: int | None = None,
+    **options: Any,
+) -> Any:
+    record = await harness.double.invoke_command(
+        guild_id or harness.guild_id, channel_id or harness.text_id, "blog", sub, options
+    )
+    await record.wait_done()
+    return record
+
+
+def text_of(record: Any) -> str:
+    parts = list(record.contents)
+    for message in record.messages:
+        for embed in message.get("embeds") or []:
+            parts.append(str(embed))
+    return "\n".join(parts)
+
+
+async def subscribed(harness: Harness) -> str:
+    url = serve_seed(harness)
+    await harness.subscribe(url, harness.forum_id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    return url
+
+
+async def test_subscribe_refuses_duplicates_bad_urls_and_missing_feeds(harness: Harness) -> None:
+    """Each expected subscribe failure is one clear ephemeral line."""
+    url = await subscribed(harness)
+    again = await harness.subscribe(url, harness.forum_id)
+    assert again.ephemeral and "already mirrored" in text_of(again)
+    ftp = await harness.subscribe("ftp://example.invalid/feed", harness.forum_id)
+    assert "http" in text_of(ftp).lower()
+    harness.feeds.route("/gone", b"nope", status=404)
+    missing = await harness.subscribe(harness.feeds.url("/gone"), harness.text_id)
+    assert "404" in text_of(missing)
+    for record in (again, ftp, missing):
+        assert "Traceback" not in text_of(record)
+
+
+async def test_subscribe_names_missing_permissions(harness: Harness) -> None:
+    """Without Send Messages in the channel, subscribe says which permission is missing."""
+    serve_seed(harness)
+    harness.double.deny_bot(harness.forum_id, P.SEND_MESSAGES)
+    await asyncio.sleep(0.2)
+    record = await harness.subscribe(harness.feeds.url(POSTS), harness.forum_id)
+    assert "Send Messages" in text_of(record)
+    assert harness.double.threads(harness.forum_id) == []
+
+
+async def test_list_status_and_autocomplete(harness: Harness) -> None:
+    """list and status show the subscription; autocomplete offers it by blog title."""
+    url = await subscribed(harness)
+    listing = text_of(await command(harness, "list"))
+    assert "On Probation" in listing and "active" in listing
+    status = text_of(await command(harness, "status", feed=url))
+    assert "7 comments" in status and "1 articles" in status
+    summary = text_of(await command(harness, "status"))
+    assert "On Probation" in summary
+    choices = await harness.double.autocomplete(
+        harness.guild_id, harness.text_id, "blog", "status", "feed", "probation"
+    )
+    assert [c["value"] for c in choices] == [url]
+    assert "On Probation" in choices[0]["name"]
+    none = await harness.double.autocomplete(
+        harness.guild_id, harness.text_id, "blog", "status", "feed", "nothing-like-it"
+    )
+    assert none == []
+
+
+async def test_unknown_feed_is_a_clear_error(harness: Harness) -> None:
+    """Naming a feed this server does not have says so."""
+    record = await command(harness, "status", feed="https://elsewhere.example/feed")
+    assert "No subscription" in text_of(record)
+
+
+async def test_guilds_are_isolated(harness: Harness) -> None:
+    """Another server sees none of this server's subscriptions, autocomplete included."""
+    url = await subscribed(harness)
+    other = harness.double.add_guild("Elsewhere")
+    other_text = harness.double.add_text_channel(other.id, "general")
+    await asyncio.sleep(0.3)
+    listing = await command(harness, "list", guild_id=other.id, channel_id=other_text.id)
+    assert "No subscriptions" in text_of(listing)
+    for sub in ("status", "pause", "unsubscribe"):
+        record = await command(harness, sub, guild_id=other.id, channel_id=other_text.id, feed=url)
+        assert "No subscription" in text_of(record)
+    choices = await harness.double.autocomplete(
+        other.id, other_text.id, "blog", "status", "feed", ""
+    )
+    assert choices == []
+    mine = await command(harness, "status", feed=url)
+    assert "active" in text_of(mine)
+
+
+async def test_pause_stops_requests_and_resume_restarts(harness: Harness) -> None:
+    """A paused feed is not fetched by poll; resume polls it at once."""
+    url = await subscribed(harness)
+    paused = await command(harness, "pause", feed=url)
+    assert "Paused" in text_of(paused)
+    before = harness.feeds.hits(POSTS)
+    refused = await command(harness, "poll", feed=url)
+    assert "no active subscription" in text_of(refused).lower()
+    await asyncio.sleep(1.5)  # a scheduler tick or two
+    assert harness.feeds.hits(POSTS) == before
+    resumed = await command(harness, "resume", feed=url)
+    assert "Resumed" in text_of(resumed)
+    assert harness.feeds.hits(POSTS) == before + 1
+
+
+async def test_unsubscribe_stops_requests_and_keeps_threads(harness: Harness) -> None:
+    """After unsubscribe the feed is never fetched again; the thread stays."""
+    url = await subscribed(harness)
+    record = await command(harness, "unsubscribe", feed=url)
+    assert "Stopped mirroring" in text_of(record)
+    before = harness.feeds.hits(POSTS)
+    await command(harness, "poll")
+    assert harness.feeds.hits(POSTS) == before
+    assert len(harness.double.threads(harness.forum_id)) == 1
+
+
+async def test_poll_mirrors_news(harness: Harness) -> None:
+    """/blog poll brings a new comment in at once and says so."""
+    await subscribed(harness)
+    harness.feeds.route(
+        "/feeds/comments/default", blogger_comments([GenComment(42, at(4000), "Fresh thoughts")])
+    )
+    record = await command(harness, "poll")
+    assert "1 new comment(s)" in text_of(record)
+    [thread] = harness.double.threads(harness.forum_id)
+    assert "Fresh thoughts" in harness.double.messages(int(thread["id"]))[-1]["content"]
+
+
+async def test_failing_disabled_and_recovered_reach_the_log_channel_once_each(
+    harness: Harness,
+) -> None:
+    """3 failures: one 'failing' message; 10: disabled, one message; resume: one 'recovered'."""
+    url = await subscribed(harness)
+    log_channel = harness.double.add_text_channel(harness.guild_id, "bot-log")
+    await asyncio.sleep(0.2)
+    record = await command(harness, "logchannel", channel=log_channel.id)
+    assert "reported" in text_of(record)
+    harness.feeds.route(POSTS, b"down", status=500)
+    for _ in range(10):
+        await command(harness, "poll", feed=url)
+    messages = [m["content"] for m in harness.double.messages(log_channel.id)]
+    assert len(messages) == 2
+    assert "failing" in messages[0] and "500" in messages[0]
+    assert "disabled" in messages[1] and "/blog resume" in messages[1]
+    status = text_of(await command(harness, "status", feed=url))
+    assert "disabled" in status and "HTTP 500" in status
+    serve_seed(harness)
+    resumed = await command(harness, "resume", feed=url)
+    assert "all good" in text_of(resumed)
+    messages = [m["content"] for m in harness.double.messages(log_channel.id)]
+    assert len(messages) == 3 and "recovered" in messages[2]
+
+
+async def test_resync_recreates_a_deleted_thread_once(harness: Harness) -> None:
+    """resync after the thread was deleted makes one complete thread; a second run adds nothing."""
+    await subscribed(harness)
+    [thread] = harness.double.threads(harness.forum_id)
+    harness.double.delete_thread(int(thread["id"]))
+    await asyncio.sleep(0.2)
+    article_url = (
+        "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
+    )
+    first = await command(harness, "resync", article_url=article_url)
+    assert "created its thread" in text_of(first)
+    [new_thread] = harness.double.threads(harness.forum_id)
+    assert len(harness.double.messages(int(new_thread["id"]))) == 8
+    second = await command(harness, "resync", article_url=article_url)
+    assert "posted 0 comment(s)" in text_of(second)
+    assert len(harness.double.messages(int(new_thread["id"]))) == 8
+
+
+async def test_resync_of_an_unknown_article_is_a_clear_error(harness: Harness) -> None:
+    """An article no subscription has is named as such."""
+    await subscribed(harness)
+    record = await command(harness, "resync", article_url="https://elsewhere.example/post.html")
+    assert "No subscription of this server has that article" in text_of(record)
+
+
+async def test_members_without_manage_server_cannot_use_blog(harness: Harness) -> None:
+    """The group carries default permission Manage Server: others are not offered it."""
+    with pytest.raises(CommandNotAvailable):
+        await harness.double.invoke_command(
+            harness.guild_id, harness.text_id, "blog", "list", {}, member_permissions=0
+        )
+    [group] = [c for c in harness.double.commands.commands(None) if c["name"] == "blog"]
+    assert int(group["default_member_permissions"]) == P.MANAGE_GUILD
+    assert group.get("contexts") == [0] or group.get("dm_permission") is False
+
+
+async def test_unexpected_errors_get_an_apology(harness: Harness) -> None:
+    """An internal failure answers with a short apology, not a traceback."""
+    conn = sqlite3.connect(harness.database_path)
+    conn.execute("ALTER TABLE subscriptions RENAME TO broken")
+    conn.commit()
+    conn.close()
+    record = await command(harness, "list")
+    assert "Sorry, something went wrong" in text_of(record)
+    assert "Traceback" not in text_of(record)
