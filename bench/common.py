@@ -1,0 +1,324 @@
+"""What the benchmarks share: a feed server in its own process, feed bodies, JSON output.
+
+Budgets (SPEC §7) are ratios against a baseline measured in the same run, so a
+benchmark must keep anything it does not mean to measure out of its numbers.
+The feed server is the big one: its CPU would otherwise be counted as the
+bot's, so it runs in a separate process (``ServerProcess``) and is reached over
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import random
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from types import TracebackType
+from typing import Any, Self
+from xml.sax.saxutils import escape, quoteattr
+
+_STOP = "stop"
+_START_TIMEOUT = 60.0
+
+
+# --- running and reporting ---------------------------------------------------------------
+
+
+class InvalidRunError(Exception):
+    """The benchmark did not measure what it meant to (a poll was not idle, ...).
+
+    Its figures would mean nothing, so ``run`` prints no JSON and exits 2.
+    """
+
+
+def run(measure: Callable[[], Coroutine[Any, Any, Mapping[str, Any]]]) -> int:
+    """Run a benchmark's ``measure`` coroutine and report it: the scripts' ``main``."""
+    try:
+        result = asyncio.run(measure())
+    except InvalidRunError as exc:
+        print(f"benchmark invalid: {exc}", file=sys.stderr)
+        return 2
+    return emit(result)
+
+
+def emit(result: Mapping[str, Any]) -> int:
+    """Print the one JSON object a benchmark reports; return its exit status.
+
+    Exit 0 means within budget, 1 means over it, so a CI step can both read the
+    figures and fail on them.
+    """
+    print(json.dumps(result), flush=True)
+    return 0 if result["ok"] else 1
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` in 0..1) of ``values``; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = math.ceil(fraction * len(ordered) - 1e-9)  # 0.99 * 100 must give rank 99
+    return ordered[min(max(rank, 1), len(ordered)) - 1]
+
+
+# --- feed server in another process -----------------------------------------------------
+
+
+def pin_apart() -> set[int] | None:
+    """Keep the feed server off the benchmark's CPUs; return the CPUs left for the server.
+
+    Call before any thread is started: Linux pins the calling thread, and
+    threads started later inherit it. Without this, on a small machine the
+    server and the measured process share cores, and every hand-off between the
+    event loop and a worker thread (aiosqlite, ``to_thread``) may wake a thread
+    on the other core: an inter-processor interrupt, which on a VM is costly and
+    is charged to the measured process, making its figures swing by 2x from run
+    to run. The server gets the last CPU, the benchmark all the others (on a
+    two-CPU machine that is one core for the event loop and its worker threads
+    together). None (nothing pinned) with fewer than two CPUs or no affinity API.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    available = os.sched_getaffinity(0)
+    if len(available) < 2:
+        return None
+    server = {max(available)}
+    os.sched_setaffinity(0, available - server)
+    return server
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One path the server answers: ``body`` with an ``ETag``; 304 when it matches."""
+
+    path: str
+    body: bytes
+    etag: str
+    last_modified: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """What the server saw, so a benchmark can prove it measured what it meant to."""
+
+    requests: int
+    not_modified: int
+
+
+class ServerProcess:
+    """``tests.feedserver.FeedServer`` serving ``routes`` on 127.0.0.1, in a child process.
+
+    A spawned (not forked) child: the parent may already run threads (aiosqlite,
+    the default executor), which fork would copy in an undefined state.
+    ``cpus`` pins the server to those CPUs (see ``pin_apart``).
+    Use as ``with ServerProcess(routes) as server: server.url(path)``.
+    """
+
+    def __init__(self, routes: Sequence[RouteSpec], *, cpus: set[int] | None = None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=_serve,
+            args=(list(routes), child_conn, cpus),
+            name="bench-feed-server",
+            daemon=True,
+        )
+        self._child_conn = child_conn
+        self.port = 0
+        self.stats: ServerStats | None = None
+
+    def __enter__(self) -> Self:
+        self._process.start()
+        self._child_conn.close()  # so a child that dies shows up as EOF here
+        try:
+            if not self._conn.poll(_START_TIMEOUT):
+                raise InvalidRunError("the feed server did not start in time")
+            self.port = int(self._conn.recv())
+        except (EOFError, InvalidRunError) as exc:
+            self._kill()
+            raise InvalidRunError(f"the feed server did not start ({exc or 'it exited'})") from exc
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._conn.send(_STOP)
+            if self._conn.poll(10):
+                requests, not_modified = self._conn.recv()
+                self.stats = ServerStats(requests, not_modified)
+        except (EOFError, OSError):
+            pass  # the child died; join/kill below still cleans up
+        self._process.join(10)
+        if self._process.is_alive():
+            self._kill()
+        self._conn.close()
+
+    def url(self, path: str) -> str:
+        """Absolute URL of ``path`` on the server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _kill(self) -> None:
+        self._process.kill()
+        self._process.join(5)
+
+
+def _serve(routes: list[RouteSpec], conn: Connection, cpus: set[int] | None) -> None:
+    """Child process entry point: serve until the parent says stop."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    asyncio.run(_serve_until_stopped(routes, conn))
+
+
+async def _serve_until_stopped(routes: list[RouteSpec], conn: Connection) -> None:
+    # Imported here: only the child needs the test server (and the pytest it imports).
+    from tests.feedserver import FeedServer
+
+    etags = {route.path: route.etag for route in routes}
+    async with FeedServer("127.0.0.1") as server:
+        for route in routes:
+            server.route(route.path, route.body, etag=route.etag, last_modified=route.last_modified)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(conn.fileno(), stop.set)
+        conn.send(server.port)
+        await stop.wait()
+        loop.remove_reader(conn.fileno())
+        not_modified = sum(
+            1 for r in server.requests if r.headers.get("If-None-Match") == etags.get(r.path)
+        )
+        conn.send((len(server.requests), not_modified))
+
+
+# --- feed bodies -------------------------------------------------------------------------
+
+BLOG_ID = "8674748682166248033"
+SITE = "https://bench-blog.blogspot.com"
+_LOREM = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua enim ad minim veniam quis nostrud "
+    "exercitation ullamco laboris nisi aliquip ex ea commodo consequat duis aute irure in "
+    "reprehenderit voluptate velit esse cillum fugiat nulla pariatur excepteur sint "
+    "occaecat cupidatat non proident sunt culpa qui officia deserunt mollit anim id est "
+    "laborum"
+)
+_WORDS = _LOREM.split()
+_LABELS = ("Travel", "Food", "Photography", "Music", "Technology", "Family", "Books", "Garden")
+_IMAGE = "https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEh{n}/s{size}/photo-{n}.jpg"
+
+
+def blogger_posts_feed(entries: int, *, seed: int = 0) -> bytes:
+    """A Blogger posts feed with ``entries`` realistic posts (each a few KB of HTML).
+
+    The shape copies ``tests/fixtures/real/blogger_posts_thumbnails.atom.xml``:
+    labels, both ``rel='replies'`` links, ``media:thumbnail``, ``gd:image`` and
+    ``thr:total``, with escaped HTML content holding images, links, lists,
+    quotes and entities, so feedparser's sanitiser has real work to do.
+    """
+    rng = random.Random(seed)
+    newest = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
+    posts = "".join(
+        _blogger_post(rng, number, newest - timedelta(hours=7 * number))
+        for number in range(entries)
+    )
+    return (
+        "<?xml version='1.0' encoding='UTF-8'?>"
+        "<feed xmlns='http://www.w3.org/2005/Atom' "
+        "xmlns:openSearch='http://a9.com/-/spec/opensearchrss/1.0/' "
+        "xmlns:blogger='http://schemas.google.com/blogger/2008' "
+        "xmlns:georss='http://www.georss.org/georss' "
+        'xmlns:gd="http://schemas.google.com/g/2005" '
+        "xmlns:thr='http://purl.org/syndication/thread/1.0'>"
+        f"<id>tag:blogger.com,1999:blog-{BLOG_ID}</id>"
+        f"<updated>{newest.isoformat(timespec='milliseconds')}</updated>"
+        + "".join(f'<category term="{label}"/>' for label in _LABELS)
+        + "<title type='text'>Bench Blog</title><subtitle type='html'></subtitle>"
+        f"<link rel='http://schemas.google.com/g/2005#feed' type='application/atom+xml' "
+        f"href='{SITE}/feeds/posts/default'/>"
+        f"<link rel='self' type='application/atom+xml' "
+        f"href='https://www.blogger.com/feeds/{BLOG_ID}/posts/default'/>"
+        f"<link rel='alternate' type='text/html' href='{SITE}/'/>"
+        "<link rel='hub' href='http://pubsubhubbub.appspot.com/'/>"
+        "<author><name>Bench Author</name><email>noreply@blogger.com</email></author>"
+        "<generator version='7.00' uri='http://www.blogger.com'>Blogger</generator>"
+        f"<openSearch:totalResults>{entries}</openSearch:totalResults>"
+        "<openSearch:startIndex>1</openSearch:startIndex>"
+        f"<openSearch:itemsPerPage>{entries}</openSearch:itemsPerPage>"
+        f"{posts}</feed>"
+    ).encode()
+
+
+def _blogger_post(rng: random.Random, number: int, published: datetime) -> str:
+    post_id = f"{1301013119352122500 + number * 7919}"
+    title = _sentence(rng, 4, 9).rstrip(".")
+    slug = "-".join(title.lower().split()[:6])
+    url = f"{SITE}/{published:%Y/%m}/{slug}.html"
+    stamp = published.isoformat(timespec="milliseconds")
+    labels = rng.sample(_LABELS, rng.randint(1, 3))
+    comments = rng.randint(0, 40)
+    return (
+        f"<entry><id>tag:blogger.com,1999:blog-{BLOG_ID}.post-{post_id}</id>"
+        f"<published>{stamp}</published><updated>{stamp}</updated>"
+        + "".join(
+            f'<category scheme="http://www.blogger.com/atom/ns#" term="{label}"/>'
+            for label in labels
+        )
+        + f"<title type='text'>{escape(title)}</title>"
+        f"<content type='html'>{escape(_post_html(rng, number))}</content>"
+        f"<link rel='replies' type='application/atom+xml' "
+        f"href='{SITE}/feeds/{post_id}/comments/default' title='Post Comments'/>"
+        f"<link rel='replies' type='text/html' href='{url}#comment-form' "
+        f"title='{comments} Comments'/>"
+        f"<link rel='edit' type='application/atom+xml' "
+        f"href='https://www.blogger.com/feeds/{BLOG_ID}/posts/default/{post_id}'/>"
+        f"<link rel='self' type='application/atom+xml' "
+        f"href='https://www.blogger.com/feeds/{BLOG_ID}/posts/default/{post_id}'/>"
+        f"<link rel='alternate' type='text/html' href='{url}' title={quoteattr(title)}/>"
+        "<author><name>Bench Author</name>"
+        "<uri>http://www.blogger.com/profile/16413293425780700748</uri>"
+        "<email>noreply@blogger.com</email>"
+        "<gd:image rel='http://schemas.google.com/g/2005#thumbnail' width='32' height='32' "
+        "src='//3.bp.blogspot.com/avatar/s100/author.jpg'/></author>"
+        '<media:thumbnail xmlns:media="http://search.yahoo.com/mrss/" '
+        f'url="{_IMAGE.format(n=number, size="72-c")}" height="72" width="72"/>'
+        f"<thr:total>{comments}</thr:total></entry>"
+    )
+
+
+def _post_html(rng: random.Random, number: int) -> str:
+    """About 3-5 KB of the HTML Blogger's editor produces."""
+    image = _IMAGE.format(n=number, size="1600")
+    parts = [
+        '<div class="separator" style="clear: both; text-align: center;">'
+        f'<a href="{image}" style="margin-left: 1em; margin-right: 1em;">'
+        f'<img border="0" data-original-height="1067" data-original-width="1600" '
+        f'height="426" src="{_IMAGE.format(n=number, size="640")}" width="640" /></a></div>'
+    ]
+    for _ in range(rng.randint(5, 8)):
+        text = " ".join(_sentence(rng, 8, 20) for _ in range(rng.randint(2, 4)))
+        words = text.split(" ")
+        at = rng.randrange(len(words))
+        words[at] = f'<a href="{SITE}/search/label/{rng.choice(_LABELS)}">{words[at]}</a>'
+        words[rng.randrange(len(words))] += " &amp; <b>more</b>&nbsp;&#8212;"
+        parts.append(f'<p style="text-align: justify;">{" ".join(words)}</p>')
+        if rng.random() < 0.4:
+            items = "".join(f"<li>{_sentence(rng, 3, 8)}</li>" for _ in range(rng.randint(2, 5)))
+            parts.append(f"<ul>{items}</ul>")
+        if rng.random() < 0.25:
+            parts.append(f'<blockquote class="tr_bq">{_sentence(rng, 10, 25)}</blockquote>')
+    parts.append('<div><br /></div><script>console.log("stripped by the sanitiser")</script>')
+    return "".join(parts)
+
+
+def _sentence(rng: random.Random, low: int, high: int) -> str:
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(low, high))]
+    return " ".join(words).capitalize() + "."

@@ -1,0 +1,86 @@
+"""The benchmarks in bench/ still run and report, at a size that takes seconds.
+
+Each runs as a subprocess, the way CI runs it, once as a module and once as a
+file path so both entry points keep working. Only the shape of the report is
+checked: timing budgets belong to the full-size runs, never to a test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(*args: str) -> dict[str, Any]:
+    """Run a benchmark command in the repository; return the one JSON object it printed."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # 0 = within budget, 1 = over it; both are valid reports. 2 or a crash is not.
+    assert done.returncode in (0, 1), done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout
+    report = json.loads(lines[0])
+    assert isinstance(report, dict)
+    assert done.returncode == (0 if report["ok"] else 1)
+    return report
+
+
+def assert_numbers(report: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = report[key]
+        assert isinstance(value, int | float) and not isinstance(value, bool), key
+        assert value >= 0, key
+
+
+@pytest.mark.parametrize("entry", [["-m", "bench.poll_idle"], ["bench/poll_idle.py"]])
+def test_poll_idle_reports_cpu_ratio(entry: list[str]) -> None:
+    """poll_idle at 20 subscriptions prints its figures and the ratio between them."""
+    report = run_benchmark(*entry, "--subscriptions", "20", "--rounds", "1")
+    assert set(report) == {
+        "benchmark",
+        "subscriptions",
+        "bot_cpu_ms_per_poll",
+        "baseline_cpu_ms_per_poll",
+        "ratio",
+        "budget_ratio",
+        "ok",
+    }
+    assert report["benchmark"] == "poll_idle"
+    assert report["subscriptions"] == 20
+    assert_numbers(report, "bot_cpu_ms_per_poll", "baseline_cpu_ms_per_poll", "ratio")
+    assert report["budget_ratio"] == 3.0
+    assert isinstance(report["ok"], bool)
+
+
+@pytest.mark.parametrize("entry", [["-m", "bench.loop_lag"], ["bench/loop_lag.py"]])
+def test_loop_lag_reports_lag(entry: list[str]) -> None:
+    """loop_lag on a 50-entry feed prints lag figures for the parse and the baseline."""
+    report = run_benchmark(*entry, "--entries", "50", "--repeats", "1")
+    assert set(report) == {
+        "benchmark",
+        "entries",
+        "max_lag_ms",
+        "p99_lag_ms",
+        "baseline_max_lag_ms",
+        "budget_ms",
+        "ok",
+    }
+    assert report["benchmark"] == "loop_lag"
+    assert report["entries"] == 50
+    assert_numbers(report, "max_lag_ms", "p99_lag_ms", "baseline_max_lag_ms")
+    assert report["p99_lag_ms"] <= report["max_lag_ms"]
+    assert report["budget_ms"] == 50.0
+    assert isinstance(report["ok"], bool)
