@@ -75,6 +75,7 @@ class BlogMirrorBot(commands.Bot):
             self.subscriptions, self.articles, self.comments, self.ingestor, self.mirror
         )
         self._cycle_locks: dict[int, asyncio.Lock] = {}
+        self._active_cycles: set[asyncio.Task[Any]] = set()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -87,6 +88,20 @@ class BlogMirrorBot(commands.Bot):
         else:
             synced = await self.tree.sync()
             log.info("Synced %d command(s) globally (may take a while to appear)", len(synced))
+
+    async def close(self) -> None:
+        """Stop polling and delivering before the HTTP session goes away.
+
+        A cycle cancelled mid-send leaves its intent open; the next start
+        settles it from the thread, so nothing is lost or sent twice.
+        """
+        current = asyncio.current_task()
+        pending = [t for t in self._active_cycles if t is not current and not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        await super().close()
 
     async def on_ready(self) -> None:
         assert self.user is not None
@@ -104,6 +119,16 @@ class BlogMirrorBot(commands.Bot):
         subscription (``/blog status``) and, on a state change, told to the
         guild's log channel.
         """
+        task = asyncio.current_task()
+        if task is not None:
+            self._active_cycles.add(task)
+        try:
+            return await self._cycle(sub, progress)
+        finally:
+            if task is not None:
+                self._active_cycles.discard(task)
+
+    async def _cycle(self, sub: Subscription, progress: Progress | None) -> CycleResult:
         async with self.subscription_lock(sub.id):
             fresh = await self.subscriptions.get(sub.id)
             if fresh is None:

@@ -175,3 +175,22 @@ async def test_randomised_kills(world: World) -> None:
     assert sorted(counts) == list(range(COMMENTS))
     assert set(counts.values()) == {1}
     assert len(world.threads()) == 1
+
+
+async def test_sigterm_stops_cleanly_and_restart_finishes(world: World) -> None:
+    """SIGTERM mid-backfill exits 0 with the database closed; a restart completes the thread."""
+    await world.start_bot()
+    await world.subscribe()
+    await world.wait_for_comments(20)
+    assert world.process is not None
+    world.process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(world.process.wait(), 15)
+    world.process = None
+    assert code == 0
+    log = world.log.read_text()
+    assert "Received SIGTERM: stopping" in log and "database closed" in log
+    assert "Traceback" not in log
+    await world.start_bot()
+    await world.wait_for_comments(COMMENTS)
+    await asyncio.sleep(0.5)
+    assert sorted(world.comment_numbers()) == list(range(COMMENTS))
