@@ -58,6 +58,9 @@ async def test_subscribe_seed_into_a_forum(harness: Harness) -> None:
     await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
     [thread] = harness.double.threads(harness.forum_id)
     assert thread["name"] == TITLE
+    # The article's labels are CRC and HMI Probation; the forum has tags CRC and News.
+    tags = {t["id"]: t["name"] for t in harness.double.channel(harness.forum_id)["available_tags"]}
+    assert [tags[t] for t in thread["applied_tags"]] == ["CRC"]
     assert_seed_thread(harness.double.messages(int(thread["id"])))
     text = "\n".join(record.contents)
     assert "On Probation" in text and url in text
@@ -180,3 +183,16 @@ async def test_discord_faults_on_message_creation_never_duplicate(harness: Harne
     texts = [m["content"] for m in messages[1:]]
     numbers = [int(t.rsplit("comment number ", 1)[1].split()[0]) for t in texts]
     assert numbers == list(range(30))
+
+
+async def test_forum_requiring_a_tag_gets_its_first_tag(harness: Harness) -> None:
+    """A forum that requires a tag and matches no label gets its first available tag."""
+    forum = harness.double.add_forum_channel(
+        harness.guild_id, "strict", tags=["Zeta", "Other"], require_tag=True
+    )
+    await asyncio.sleep(0.2)
+    await harness.subscribe(serve_seed(harness), forum.id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(forum.id))) >= 8)
+    [thread] = harness.double.threads(forum.id)
+    tags = {t["id"]: t["name"] for t in harness.double.channel(forum.id)["available_tags"]}
+    assert [tags[t] for t in thread["applied_tags"]] == ["Zeta"]
