@@ -12,7 +12,9 @@ Exactly-once (SPEC §5) rests on three habits:
 
 One thread's messages go strictly one after another (a lock per article);
 different threads are delivered concurrently, each being its own rate-limit
-bucket in Discord.
+bucket in Discord. Those buckets discord.py honours by itself; the global limit
+it only learns from a 429, so every REST request here first passes the shared
+``Pacer`` (``bot/pacing.py``), which keeps the bot under it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import discord
 
 from bot.models import Article, Comment
 from bot.order import delivery_order
+from bot.pacing import Pacer
 from bot.render import permalink_in, render_article, render_comment, thread_name
 from storage import ArticleRepo, CommentRepo, IntentRepo, SubscriptionRepo
 from storage.records import (
@@ -109,6 +112,7 @@ class Mirror:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry_delay: float = 1.0,
+        pacer: Pacer | None = None,
     ) -> None:
         self.client = client
         self.subscriptions = subscriptions
@@ -117,6 +121,9 @@ class Mirror:
         self.intents = intents
         self.clock = clock
         self.retry_delay = retry_delay
+        # Every REST request below is made inside ``async with self.pacer`` (the
+        # global rate limit); one pacer for all threads and subscriptions.
+        self.pacer = pacer or Pacer()
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _lock(self, key: int) -> asyncio.Lock:
@@ -167,7 +174,8 @@ class Mirror:
         channel = self.client.get_channel(sub.channel_id)
         if channel is None:
             try:
-                channel = await self.client.fetch_channel(sub.channel_id)
+                async with self.pacer:
+                    channel = await self.client.fetch_channel(sub.channel_id)
             except discord.NotFound:
                 raise DeliveryError(
                     "The subscription's channel no longer exists: subscribe the blog again "
@@ -225,20 +233,22 @@ class Mirror:
         for attempt in range(SEND_ATTEMPTS):
             try:
                 if isinstance(channel, discord.ForumChannel):
-                    created = await channel.create_thread(
-                        name=name,
-                        content=rendered.content,
+                    async with self.pacer:
+                        created = await channel.create_thread(
+                            name=name,
+                            content=rendered.content,
+                            embed=embed or discord.utils.MISSING,
+                            applied_tags=forum_tags(channel, record.labels),
+                            allowed_mentions=NO_MENTIONS,
+                        )
+                    return created.thread.id, created.message.id
+                async with self.pacer:
+                    message = await channel.send(
+                        rendered.content,
                         embed=embed or discord.utils.MISSING,
-                        applied_tags=forum_tags(channel, record.labels),
+                        nonce=intent.nonce,
                         allowed_mentions=NO_MENTIONS,
                     )
-                    return created.thread.id, created.message.id
-                message = await channel.send(
-                    rendered.content,
-                    embed=embed or discord.utils.MISSING,
-                    nonce=intent.nonce,
-                    allowed_mentions=NO_MENTIONS,
-                )
                 return await self._thread_from(message, name), message.id
             except discord.Forbidden as exc:
                 raise DeliveryError(_forbidden(channel, exc)) from exc
@@ -254,7 +264,8 @@ class Mirror:
         """The thread started from ``message``, creating it if it does not exist yet."""
         for attempt in range(SEND_ATTEMPTS):
             try:
-                thread = await message.create_thread(name=name)
+                async with self.pacer:
+                    thread = await message.create_thread(name=name)
                 return thread.id
             except discord.HTTPException as exc:
                 # 160004: a thread has already been created for this message.
@@ -265,7 +276,8 @@ class Mirror:
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
             try:
-                existing = await self.client.fetch_channel(message.id)
+                async with self.pacer:
+                    existing = await self.client.fetch_channel(message.id)
                 return existing.id
             except discord.NotFound:
                 await asyncio.sleep(self.retry_delay * (attempt + 1))
@@ -278,18 +290,22 @@ class Mirror:
         if isinstance(channel, discord.ForumChannel):
             name = thread_name(record.title, record.published)
             candidates = [t for t in channel.threads if t.owner_id == self._me and t.name == name]
-            async for archived in channel.archived_threads(limit=HISTORY_WINDOW):
-                if archived.owner_id == self._me and archived.name == name:
-                    candidates.append(archived)
+            async with self.pacer:  # HISTORY_WINDOW is at most one page: one request
+                async for archived in channel.archived_threads(limit=HISTORY_WINDOW):
+                    if archived.owner_id == self._me and archived.name == name:
+                        candidates.append(archived)
             for thread in candidates:
                 try:
-                    starter = await thread.fetch_message(thread.id)
+                    async with self.pacer:
+                        starter = await thread.fetch_message(thread.id)
                 except discord.NotFound:
                     continue
                 if starter.author.id == self._me and record.url in starter.content:
                     return thread.id, starter.id
             return None
-        async for message in channel.history(limit=HISTORY_WINDOW):
+        async with self.pacer:  # one page: one request
+            recent = [m async for m in channel.history(limit=HISTORY_WINDOW)]
+        for message in recent:
             if message.author.id == self._me and _is_article_message(message.content, record):
                 return await self._thread_from(
                     message, thread_name(record.title, record.published)
@@ -345,7 +361,8 @@ class Mirror:
         if isinstance(cached, discord.Thread):
             return cached
         try:
-            fetched = await self.client.fetch_channel(record.thread_id)
+            async with self.pacer:
+                fetched = await self.client.fetch_channel(record.thread_id)
         except discord.NotFound:
             await self.articles.detach_thread(record.thread_id)
             log.info("Thread of %s is gone: detached (only /blog resync recreates it)", record.url)
@@ -437,22 +454,23 @@ class Mirror:
         """Send with the intent's nonce; on an uncertain failure resend the same nonce."""
         for attempt in range(SEND_ATTEMPTS):
             try:
-                if reference is None:
-                    message = await thread.send(
-                        content,
-                        nonce=intent.nonce,
-                        allowed_mentions=NO_MENTIONS,
-                        suppress_embeds=True,
-                    )
-                else:
-                    message = await thread.send(
-                        content,
-                        nonce=intent.nonce,
-                        reference=reference,
-                        allowed_mentions=NO_MENTIONS,
-                        suppress_embeds=True,
-                        mention_author=False,
-                    )
+                async with self.pacer:
+                    if reference is None:
+                        message = await thread.send(
+                            content,
+                            nonce=intent.nonce,
+                            allowed_mentions=NO_MENTIONS,
+                            suppress_embeds=True,
+                        )
+                    else:
+                        message = await thread.send(
+                            content,
+                            nonce=intent.nonce,
+                            reference=reference,
+                            allowed_mentions=NO_MENTIONS,
+                            suppress_embeds=True,
+                            mention_author=False,
+                        )
                 return message.id
             except discord.Forbidden as exc:
                 raise DeliveryError(_forbidden(thread, exc)) from exc
@@ -474,11 +492,12 @@ class Mirror:
         intents = await self.intents.unfinished_for_channel(thread.id)
         if not intents:
             return
-        mine = [
-            m
-            async for m in thread.history(limit=HISTORY_WINDOW)
-            if m.author.id == self._me and m.type in _CONTENT_TYPES
-        ]
+        async with self.pacer:  # one page: one request
+            mine = [
+                m
+                async for m in thread.history(limit=HISTORY_WINDOW)
+                if m.author.id == self._me and m.type in _CONTENT_TYPES
+            ]
         mine.sort(key=lambda m: m.id)
         by_permalink: dict[str, discord.Message] = {}
         for message in mine:
@@ -515,13 +534,15 @@ class Mirror:
             ids = [comment.message_id, *comment.extra_message_ids]
             if thread.archived:
                 # Discord refuses edits in an archived thread (50083): reopen it first.
-                await thread.edit(archived=False)
+                async with self.pacer:
+                    await thread.edit(archived=False)
             try:
                 for index, message_id in enumerate(ids):
                     text = parts[index] if index < len(parts) else "*(removed on the blog)*"
-                    await thread.get_partial_message(message_id).edit(
-                        content=text, allowed_mentions=NO_MENTIONS
-                    )
+                    async with self.pacer:
+                        await thread.get_partial_message(message_id).edit(
+                            content=text, allowed_mentions=NO_MENTIONS
+                        )
             except discord.NotFound:
                 await self.comments.mark_message_deleted(comment.message_id)
                 continue
@@ -542,11 +563,12 @@ class Mirror:
             record.starter_message_id
         )
         try:
-            await message.edit(
-                content=rendered.content,
-                embed=_image_embed(rendered.image_url),
-                allowed_mentions=NO_MENTIONS,
-            )
+            async with self.pacer:
+                await message.edit(
+                    content=rendered.content,
+                    embed=_image_embed(rendered.image_url),
+                    allowed_mentions=NO_MENTIONS,
+                )
         except discord.NotFound:
             log.info("Article message of %s is gone; not edited", record.url)
         await self.articles.clear_edit(record.id, record.content_hash)
