@@ -101,6 +101,7 @@ class BlogMirrorBot(commands.Bot):
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=10)
+        await self.mirror.close()
         await super().close()
 
     async def on_ready(self) -> None:

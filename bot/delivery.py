@@ -25,13 +25,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import aiohttp
 import discord
 
-from bot.models import Article, Comment
+from bot.convert import article_of, comment_of
 from bot.order import delivery_order
 from bot.pacing import Pacer
-from bot.render import permalink_in, render_article, render_comment, thread_name
+from bot.render import permalink_in, render_article, render_comment
+from bot.threads import (
+    HISTORY_WINDOW,
+    UNCERTAIN,
+    ThreadError,
+    ThreadMaker,
+    forbidden_text,
+    image_embed,
+)
 from storage import ArticleRepo, CommentRepo, IntentRepo, SubscriptionRepo
 from storage.records import (
     ArticleRecord,
@@ -49,10 +56,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 # "thread starter" system message authored by the bot, which never counts.
 _CONTENT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 SEND_ATTEMPTS = 4
-HISTORY_WINDOW = 100
 THREAD_CONCURRENCY = 10
-# Failures after which a send may or may not have happened: settle, then retry.
-UNCERTAIN = (discord.DiscordServerError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 Progress = Callable[[int, int], Awaitable[None]]
 
@@ -70,35 +74,6 @@ class DeliverySummary:
     errors: list[str] = field(default_factory=list)
 
 
-def article_of(record: ArticleRecord) -> Article:
-    return Article(
-        id=record.entry_id,
-        title=record.title,
-        url=record.url,
-        published=record.published,
-        updated=record.updated,
-        author=record.author,
-        html=record.html,
-        image_url=record.image_url,
-        labels=record.labels,
-        comments_feed_url=record.comments_feed_url,
-    )
-
-
-def comment_of(record: CommentRecord, article_entry_id: str) -> Comment:
-    return Comment(
-        id=record.entry_id,
-        article_id=article_entry_id,
-        parent_id=record.parent_entry_id,
-        author=record.author,
-        published=record.published,
-        html=record.html,
-        permalink=record.permalink,
-        author_url=record.author_url,
-        removed=record.removed,
-    )
-
-
 class Mirror:
     """Sends a subscription's pending work to Discord."""
 
@@ -113,6 +88,7 @@ class Mirror:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry_delay: float = 1.0,
         pacer: Pacer | None = None,
+        send_timeout: float = 30.0,
     ) -> None:
         self.client = client
         self.subscriptions = subscriptions
@@ -124,6 +100,10 @@ class Mirror:
         # Every REST request below is made inside ``async with self.pacer`` (the
         # global rate limit); one pacer for all threads and subscriptions.
         self.pacer = pacer or Pacer()
+        self.threads = ThreadMaker(client, self.pacer, retry_delay=retry_delay)
+        # discord.py has no request timeout of its own: a send whose answer never
+        # comes is given up after this long and resent with the same nonce.
+        self.send_timeout = send_timeout
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _lock(self, key: int) -> asyncio.Lock:
@@ -165,6 +145,24 @@ class Mirror:
         for record in await self.articles.needing_edit(sub.id):
             await self._edit_article(channel, record, summary)
         return summary
+
+    async def deliver_one(
+        self, sub: Subscription, article_id: int, *, progress: Progress | None = None
+    ) -> DeliverySummary:
+        """Deliver one article: its thread if it has none, then its comments and edits."""
+        summary = DeliverySummary()
+        record = await self.articles.get(article_id)
+        if record is None:
+            return summary
+        if record.state == ArticleState.PENDING:
+            channel = await self._channel(sub)
+            await self._ensure_thread(sub, channel, record, summary)
+        pending = await self.comments.for_article(article_id, [CommentState.PENDING])
+        await self.deliver_article(sub, article_id, summary, _Counter(len(pending), progress))
+        return summary
+
+    async def close(self) -> None:
+        await self.threads.close()
 
     async def _pending_comment_count(self, sub: Subscription) -> int:
         counts = await self.subscriptions.counts(sub.id)
@@ -213,104 +211,16 @@ class Mirror:
                 channel_id=channel.id,
                 now=self.clock(),
             )
-            thread_id, starter_id = await self._create_thread(channel, fresh, intent)
+            try:
+                thread_id, starter_id = await self.threads.create(channel, fresh, intent.nonce)
+            except ThreadError as exc:
+                raise DeliveryError(str(exc)) from exc
             await self.articles.mark_posted(
                 fresh.id, thread_id=thread_id, starter_message_id=starter_id
             )
             await self.intents.complete(intent.id, message_id=starter_id, now=self.clock())
             summary.threads_created += 1
             log.info("Created thread %s for %s", thread_id, fresh.url)
-
-    async def _create_thread(
-        self,
-        channel: discord.TextChannel | discord.ForumChannel,
-        record: ArticleRecord,
-        intent: DeliveryIntent,
-    ) -> tuple[int, int]:
-        rendered = render_article(article_of(record), blog_title="")
-        name = thread_name(record.title, record.published)
-        embed = _image_embed(rendered.image_url)
-        for attempt in range(SEND_ATTEMPTS):
-            try:
-                if isinstance(channel, discord.ForumChannel):
-                    async with self.pacer:
-                        created = await channel.create_thread(
-                            name=name,
-                            content=rendered.content,
-                            embed=embed or discord.utils.MISSING,
-                            applied_tags=forum_tags(channel, record.labels),
-                            allowed_mentions=NO_MENTIONS,
-                        )
-                    return created.thread.id, created.message.id
-                async with self.pacer:
-                    message = await channel.send(
-                        rendered.content,
-                        embed=embed or discord.utils.MISSING,
-                        nonce=intent.nonce,
-                        allowed_mentions=NO_MENTIONS,
-                    )
-                return await self._thread_from(message, name), message.id
-            except discord.Forbidden as exc:
-                raise DeliveryError(_forbidden(channel, exc)) from exc
-            except UNCERTAIN as exc:
-                log.warning("Creating the thread for %s failed (%s); settling", record.url, exc)
-                found = await self._find_article_thread(channel, record)
-                if found is not None:
-                    return found
-                await asyncio.sleep(self.retry_delay * (attempt + 1))
-        raise DeliveryError(f"Discord kept failing while creating the thread for {record.url}.")
-
-    async def _thread_from(self, message: discord.Message, name: str) -> int:
-        """The thread started from ``message``, creating it if it does not exist yet."""
-        for attempt in range(SEND_ATTEMPTS):
-            try:
-                async with self.pacer:
-                    thread = await message.create_thread(name=name)
-                return thread.id
-            except discord.HTTPException as exc:
-                # 160004: a thread has already been created for this message.
-                if exc.code == 160004:
-                    return message.id
-                if not isinstance(exc, discord.DiscordServerError):
-                    raise
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                pass
-            try:
-                async with self.pacer:
-                    existing = await self.client.fetch_channel(message.id)
-                return existing.id
-            except discord.NotFound:
-                await asyncio.sleep(self.retry_delay * (attempt + 1))
-        raise DeliveryError("Discord kept failing while creating a thread.")
-
-    async def _find_article_thread(
-        self, channel: discord.TextChannel | discord.ForumChannel, record: ArticleRecord
-    ) -> tuple[int, int] | None:
-        """Find the thread a lost answer may have created for ``record``."""
-        if isinstance(channel, discord.ForumChannel):
-            name = thread_name(record.title, record.published)
-            candidates = [t for t in channel.threads if t.owner_id == self._me and t.name == name]
-            async with self.pacer:  # HISTORY_WINDOW is at most one page: one request
-                async for archived in channel.archived_threads(limit=HISTORY_WINDOW):
-                    if archived.owner_id == self._me and archived.name == name:
-                        candidates.append(archived)
-            for thread in candidates:
-                try:
-                    async with self.pacer:
-                        starter = await thread.fetch_message(thread.id)
-                except discord.NotFound:
-                    continue
-                if starter.author.id == self._me and record.url in starter.content:
-                    return thread.id, starter.id
-            return None
-        async with self.pacer:  # one page: one request
-            recent = [m async for m in channel.history(limit=HISTORY_WINDOW)]
-        for message in recent:
-            if message.author.id == self._me and _is_article_message(message.content, record):
-                return await self._thread_from(
-                    message, thread_name(record.title, record.published)
-                ), message.id
-        return None
 
     async def _settle_thread_intents(
         self, channel: discord.TextChannel | discord.ForumChannel, record: ArticleRecord
@@ -319,7 +229,7 @@ class Mirror:
         for intent in await self.intents.unfinished_for_channel(channel.id):
             if intent.kind != "thread" or intent.target_id != record.id:
                 continue
-            found = await self._find_article_thread(channel, record)
+            found = await self.threads.find(channel, record)
             if found is not None:
                 thread_id, starter_id = found
                 await self.articles.mark_posted(
@@ -454,7 +364,7 @@ class Mirror:
         """Send with the intent's nonce; on an uncertain failure resend the same nonce."""
         for attempt in range(SEND_ATTEMPTS):
             try:
-                async with self.pacer:
+                async with self.pacer, asyncio.timeout(self.send_timeout):
                     if reference is None:
                         message = await thread.send(
                             content,
@@ -473,7 +383,7 @@ class Mirror:
                         )
                 return message.id
             except discord.Forbidden as exc:
-                raise DeliveryError(_forbidden(thread, exc)) from exc
+                raise DeliveryError(forbidden_text(thread, exc)) from exc
             except discord.NotFound as exc:
                 if exc.code == 10003:  # the thread was deleted under us
                     await self.articles.detach_thread(thread.id)
@@ -566,7 +476,7 @@ class Mirror:
             async with self.pacer:
                 await message.edit(
                     content=rendered.content,
-                    embed=_image_embed(rendered.image_url),
+                    embed=image_embed(rendered.image_url),
                     allowed_mentions=NO_MENTIONS,
                 )
         except discord.NotFound:
@@ -587,25 +497,6 @@ class _Counter:
         self.done += 1
         if self.progress is not None and (self.done % 20 == 0 or self.done == self.total):
             await self.progress(self.done, self.total)
-
-
-def forum_tags(forum: discord.ForumChannel, labels: Sequence[str]) -> list[discord.ForumTag]:
-    """Tags named like the article's labels; a forum requiring a tag gets its first one."""
-    wanted = {label.casefold() for label in labels}
-    matched = [tag for tag in forum.available_tags if tag.name.casefold() in wanted][:5]
-    if not matched and forum.flags.require_tag and forum.available_tags:
-        matched = [forum.available_tags[0]]
-    return matched
-
-
-def _image_embed(image_url: str | None) -> discord.Embed | None:
-    if not image_url:
-        return None
-    return discord.Embed().set_image(url=image_url)
-
-
-def _is_article_message(content: str, record: ArticleRecord) -> bool:
-    return record.url in content and permalink_in(content) is None
 
 
 def _continuation(
@@ -631,12 +522,3 @@ def _continuation(
     if later and permalink_in(later[0].content) is None:
         return later[0]
     return None
-
-
-def _forbidden(channel: discord.abc.GuildChannel | discord.Thread, exc: discord.Forbidden) -> str:
-    where = f"#{channel.name}" if hasattr(channel, "name") else "the channel"
-    return (
-        f"The bot lacks a permission in {where} ({exc.text or 'Missing Permissions'}): it needs "
-        "View Channel, Send Messages, Send Messages in Threads, Create Public Threads, "
-        "Embed Links and Read Message History."
-    )

@@ -133,7 +133,7 @@ def _run_feedparser(body: bytes, base_url: str | None) -> Any:
         parsed = feedparser.parse(io.BytesIO(body), response_headers=headers if base_url else None)
     except (ValueError, LookupError) as exc:
         # feedparser itself trips on some hostile bytes that expat accepts: a
-        # namespace URI holding a space, a non-UTF-8 encoding name.
+        # namespace URI holding a tab or no-break space, a non-UTF-8 encoding name.
         raise FeedParseError(f"The feed could not be read ({exc}); nothing was used.") from exc
     error = parsed.get("bozo_exception")
     if parsed.get("bozo") and not isinstance(error, _BENIGN_BOZO):

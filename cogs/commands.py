@@ -330,6 +330,34 @@ class BlogCommands(
             f"▶️ Resumed **{escape_text(sub.display_name)}**, {verdict}", ephemeral=True
         )
 
+    @app_commands.command(name="resync", description="Make one article's thread complete")
+    @app_commands.describe(article_url="The article's web address")
+    async def resync(self, interaction: discord.Interaction, article_url: str) -> None:
+        guild = _guild(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        sub, article = await self.bot.resyncer.locate(guild.id, article_url)
+        title = escape_text(article.title or article.url)
+
+        async def progress(posted: int, total: int) -> None:
+            log.info("Resync of %s: mirrored %d/%d comments", article.url, posted, total)
+            await interaction.edit_original_response(
+                content=f"⏳ Resyncing **{title}**: mirrored {posted}/{total} comments…"
+            )
+
+        async with self.bot.subscription_lock(sub.id):
+            result = await self.bot.resyncer.resync(sub, article, progress=progress)
+        delivery = result.delivery
+        thread = result.article.thread_id
+        made = "created its thread" if delivery.threads_created else "its thread was there"
+        where = f" (<#{thread}>)" if thread else ""
+        fresh = f" ({result.new_comments} new from the blog)" if result.new_comments else ""
+        await interaction.edit_original_response(
+            content=(
+                f"✅ **{title}**: {made}{where}; posted {delivery.comments_posted} "
+                f"comment(s) that were missing{fresh}."
+            )
+        )
+
     @app_commands.command(
         name="logchannel", description="Where feed failures and recoveries are reported"
     )

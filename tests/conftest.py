@@ -115,7 +115,7 @@ async def running_bot(
                     session, timeout=10, max_bytes=config.max_feed_bytes, allow_private=True
                 )
                 bot = TestBot(settings=config, db=db, fetcher=fetcher, guild_ready_timeout=0.05)
-                bot.mirror.retry_delay = 0.05
+                bot.mirror.retry_delay = bot.mirror.threads.retry_delay = 0.05
                 runner = asyncio.create_task(bot.start(TEST_TOKEN))
                 try:
                     await double.wait_ready()

@@ -47,6 +47,11 @@ async def command(
     return record
 
 
+async def finished(record: Any) -> Any:
+    """Wait for a deferred command's final answer (progress edits come before it)."""
+    return await record.wait_for(lambda r: any(m in text_of(r) for m in ("✅", "❌")))
+
+
 def text_of(record: Any) -> str:
     parts = list(record.contents)
     for message in record.messages:
@@ -203,11 +208,11 @@ async def test_resync_recreates_a_deleted_thread_once(harness: Harness) -> None:
     article_url = (
         "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
     )
-    first = await command(harness, "resync", article_url=article_url)
+    first = await finished(await command(harness, "resync", article_url=article_url))
     assert "created its thread" in text_of(first)
     [new_thread] = harness.double.threads(harness.forum_id)
     assert len(harness.double.messages(int(new_thread["id"]))) == 8
-    second = await command(harness, "resync", article_url=article_url)
+    second = await finished(await command(harness, "resync", article_url=article_url))
     assert "posted 0 comment(s)" in text_of(second)
     assert len(harness.double.messages(int(new_thread["id"]))) == 8
 
