@@ -113,10 +113,12 @@ class BlogMirrorBot(commands.Bot):
     def subscription_lock(self, subscription_id: int) -> asyncio.Lock:
         return self._cycle_locks.setdefault(subscription_id, asyncio.Lock())
 
-    async def cycle(self, sub: Subscription, *, progress: Progress | None = None) -> CycleResult:
-        """Poll ``sub`` and deliver what is pending; report health changes.
+    async def cycle(
+        self, sub: Subscription, *, progress: Progress | None = None, poll: bool = True
+    ) -> CycleResult:
+        """Poll ``sub`` (unless ``poll`` is false) and deliver what is pending.
 
-        Never raises for feed or delivery problems: they are recorded on the
+        Health changes are reported to the guild's log channel. Never raises for feed or delivery problems: they are recorded on the
         subscription (``/blog status``) and, on a state change, told to the
         guild's log channel.
         """
@@ -124,19 +126,19 @@ class BlogMirrorBot(commands.Bot):
         if task is not None:
             self._active_cycles.add(task)
         try:
-            return await self._cycle(sub, progress)
+            return await self._cycle(sub, progress, poll)
         finally:
             if task is not None:
                 self._active_cycles.discard(task)
 
-    async def _cycle(self, sub: Subscription, progress: Progress | None) -> CycleResult:
+    async def _cycle(self, sub: Subscription, progress: Progress | None, poll: bool) -> CycleResult:
         async with self.subscription_lock(sub.id):
             fresh = await self.subscriptions.get(sub.id)
             if fresh is None:
                 return CycleResult(None, None, "The subscription was removed.")
-            outcome = await self.poller.poll(fresh)
+            outcome = await self.poller.poll(fresh) if poll else None
             delivery: DeliverySummary | None = None
-            error = outcome.error
+            error = outcome.error if outcome else None
             current = await self.subscriptions.get(sub.id)
             if current is not None and current.state == SubscriptionState.ACTIVE:
                 try:
@@ -148,7 +150,7 @@ class BlogMirrorBot(commands.Bot):
                     log.exception("Delivery for %s failed unexpectedly", current.feed_url)
                     error = "Internal error while posting to Discord (see the bot's log)."
                     outcome = await self.poller.record_failure(current, error)
-            if outcome.change is not None and current is not None:
+            if outcome is not None and outcome.change is not None and current is not None:
                 await self.report_health(current, outcome)
             return CycleResult(outcome, delivery, error)
 

@@ -170,7 +170,7 @@ class BlogCommands(
                 content="\n".join([*lines, f"⏳ Mirrored {posted}/{total} comments…"])
             )
 
-        result = await self.bot.cycle(sub, progress=progress)
+        result = await self.bot.cycle(sub, progress=progress, poll=False)
         final = (
             "✅ Done."
             if result.error is None

@@ -244,3 +244,30 @@ async def test_unexpected_errors_get_an_apology(harness: Harness) -> None:
     record = await command(harness, "list")
     assert "Sorry, something went wrong" in text_of(record)
     assert "Traceback" not in text_of(record)
+
+
+async def test_long_backfill_reports_progress(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 60-comment backfill edits its answer with progress and logs it."""
+    caplog.set_level("INFO", logger="cogs.commands")
+    harness.feeds.fixture(POSTS, "seed/posts.atom.xml")
+    comments = [GenComment(7000 + n, at(10 + n), f"Comment {n}") for n in range(60)]
+    harness.feeds.route("/feeds/comments/default", blogger_comments(comments))
+    record = await harness.subscribe(harness.feeds.url(POSTS), harness.forum_id)
+    await record.wait_for(lambda r: "Done." in text_of(r))
+    assert record.original_edits >= 3  # 20/60, 40/60, 60/60, then the final answer
+    assert "mirrored 40/60 comments" in caplog.text
+
+
+async def test_resync_finds_an_article_older_than_the_subscription(harness: Harness) -> None:
+    """An article recorded as seen (older than the backfill) gets its thread on resync."""
+    url = serve_seed(harness)
+    record = await harness.subscribe(url, harness.forum_id, backfill=0)
+    await record.wait_for(lambda r: "Done." in text_of(r))
+    assert harness.double.threads(harness.forum_id) == []
+    article_url = "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
+    resync = await finished(await command(harness, "resync", article_url=article_url + "?m=1"))
+    assert "created its thread" in text_of(resync)
+    [thread] = harness.double.threads(harness.forum_id)
+    assert len(harness.double.messages(int(thread["id"]))) == 8
