@@ -26,12 +26,7 @@ async def run_bot(settings: Settings) -> None:
         raise BlogMirrorError(str(exc)) from None
     try:
         async with create_session(allow_private=settings.allow_private_addresses) as session:
-            fetcher = Fetcher(
-                session,
-                timeout=settings.feed_timeout_seconds,
-                max_bytes=settings.max_feed_bytes,
-                allow_private=settings.allow_private_addresses,
-            )
+            fetcher = Fetcher.from_settings(session, settings)
             bot = BlogMirrorBot(settings=settings, db=db, fetcher=fetcher)
             stop = _install_signal_handlers(bot)
             try:

@@ -118,7 +118,7 @@ class BlogMirrorBot(commands.Bot):
     ) -> CycleResult:
         """Poll ``sub`` (unless ``poll`` is false) and deliver what is pending.
 
-        Health changes are reported to the guild's log channel. Never raises for feed or delivery problems: they are recorded on the
+        Never raises for feed or delivery problems: they are recorded on the
         subscription (``/blog status``) and, on a state change, told to the
         guild's log channel.
         """

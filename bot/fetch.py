@@ -38,6 +38,7 @@ from bot.errors import (
     PermanentFeedError,
     TransientFeedError,
 )
+from bot.settings import Settings
 
 # GuardedResolver is re-exported: callers building their own sessions take it from here.
 __all__ = [
@@ -197,6 +198,15 @@ class Fetcher:
         self._timeout = timeout
         self._max_bytes = max_bytes
         self._allow_private = allow_private
+
+    @classmethod
+    def from_settings(cls, session: aiohttp.ClientSession, settings: Settings) -> Fetcher:
+        return cls(
+            session,
+            timeout=settings.feed_timeout_seconds,
+            max_bytes=settings.max_feed_bytes,
+            allow_private=settings.allow_private_addresses,
+        )
 
     async def fetch(
         self, url: str, *, etag: str | None = None, last_modified: str | None = None

@@ -95,12 +95,7 @@ def load_local(path: Path) -> Blog:
 async def load_remote(url: str, settings: Settings, articles: int) -> Blog:
     blog = Blog()
     async with create_session(allow_private=settings.allow_private_addresses) as session:
-        fetcher = Fetcher(
-            session,
-            timeout=settings.feed_timeout_seconds,
-            max_bytes=settings.max_feed_bytes,
-            allow_private=settings.allow_private_addresses,
-        )
+        fetcher = Fetcher.from_settings(session, settings)
         found = await discover_feed(fetcher, url)
         assert found.body.body is not None
         posts = await asyncio.to_thread(parse_feed, found.body.body, found.feed_url)

@@ -135,6 +135,19 @@ async def running_bot(
 
 
 @pytest.fixture
+async def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything resolves or connects beyond this machine."""
+    guard_loopback_only(monkeypatch)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FeedServer]:
+    """A local feed server on 127.0.0.1."""
+    async with FeedServer() as srv:
+        yield srv
+
+
+@pytest.fixture
 async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
     guard_loopback_only(monkeypatch)
     async with running_bot(tmp_path) as running:

@@ -16,6 +16,18 @@ SITE = "https://probationmatters.blogspot.com"
 ARTICLE_URL = f"{SITE}/2019/04/great-leadership-but-poor-output.html"
 
 
+# How the seed's seven comments begin, in publication order (fixtures/seed/README.md).
+SEED_COMMENT_STARTS = (
+    "Almost a copy and paste",
+    "This is easily explained",
+    "Yes so true upw",
+    "I think we need to think",
+    "Thank you 18:08",
+    "Carrot and stick",
+    "'For the period",
+)
+
+
 def comment_id(number: int | str) -> str:
     return f"tag:blogger.com,1999:blog-{BLOG}.post-{number}"
 

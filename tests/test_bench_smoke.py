@@ -84,3 +84,25 @@ def test_loop_lag_reports_lag(entry: list[str]) -> None:
     assert report["p99_lag_ms"] <= report["max_lag_ms"]
     assert report["budget_ms"] == 50.0
     assert isinstance(report["ok"], bool)
+
+
+@pytest.mark.parametrize("entry", [["-m", "bench.memory"], ["bench/memory.py"]])
+def test_memory_reports_peak_rss(entry: list[str]) -> None:
+    """memory at 20 subscriptions and 400 comments prints its peak RSS and the baseline."""
+    report = run_benchmark(*entry, "--subscriptions", "20", "--comments", "400")
+    assert set(report) == {
+        "benchmark",
+        "subscriptions",
+        "comments",
+        "peak_rss_mb",
+        "baseline_rss_mb",
+        "budget_mb",
+        "ok",
+    }
+    assert report["benchmark"] == "memory"
+    assert (report["subscriptions"], report["comments"]) == (20, 400)
+    assert_numbers(report, "peak_rss_mb", "baseline_rss_mb")
+    # The baseline is the same process before the work: the peak includes it.
+    assert report["baseline_rss_mb"] <= report["peak_rss_mb"]
+    assert report["budget_mb"] == 150.0
+    assert isinstance(report["ok"], bool)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.feedgen import SEED_COMMENT_STARTS
 from tests.feedserver import FIXTURES, FeedServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +69,7 @@ def test_preview_of_the_seed_prints_the_expected_thread() -> None:
         (6, 5),
         (7, None),
     ]
-    starts = [
-        "Almost a copy and paste",
-        "This is easily explained",
-        "Yes so true upw",
-        "I think we need to think",
-        "Thank you 18:08",
-        "Carrot and stick",
-        "'For the period",
-    ]
+    starts = SEED_COMMENT_STARTS
     positions = [out.index(text) for text in starts]
     assert positions == sorted(positions)
     times = re.findall(r"\*\*Anonymous\*\* · \d{4}-\d\d-(\d\d \d\d:\d\d)", out)

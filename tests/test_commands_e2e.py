@@ -266,7 +266,9 @@ async def test_resync_finds_an_article_older_than_the_subscription(harness: Harn
     record = await harness.subscribe(url, harness.forum_id, backfill=0)
     await record.wait_for(lambda r: "Done." in text_of(r))
     assert harness.double.threads(harness.forum_id) == []
-    article_url = "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
+    article_url = (
+        "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
+    )
     resync = await finished(await command(harness, "resync", article_url=article_url + "?m=1"))
     assert "created its thread" in text_of(resync)
     [thread] = harness.double.threads(harness.forum_id)

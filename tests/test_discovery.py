@@ -13,7 +13,7 @@ import pytest
 from bot.discovery import discover_feed
 from bot.errors import NotAFeedError, PermanentFeedError
 from bot.fetch import Fetcher, create_session
-from tests.feedserver import FIXTURES, HTML, RSS, TEXT, FeedServer, guard_loopback_only
+from tests.feedserver import FIXTURES, HTML, RSS, TEXT, FeedServer
 
 BLOGGER_POSTS = (FIXTURES / "real" / "blogger_posts_thumbnails.atom.xml").read_bytes()
 WP_POSTS = (FIXTURES / "real" / "wp_posts.rss2.xml").read_bytes()
@@ -80,15 +80,7 @@ NO_FEEDS = """<!doctype html>
 """
 
 
-@pytest.fixture(autouse=True)
-async def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    guard_loopback_only(monkeypatch)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FeedServer]:
-    async with FeedServer() as srv:
-        yield srv
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 @pytest.fixture

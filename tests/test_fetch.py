@@ -25,7 +25,7 @@ from bot.errors import (
     TransientFeedError,
 )
 from bot.fetch import Fetcher, GuardedResolver, check_hop, check_url, create_session
-from tests.feedserver import FIXTURES, HTML, FeedServer, free_port, guard_loopback_only
+from tests.feedserver import FIXTURES, HTML, FeedServer, free_port
 
 POSTS = (FIXTURES / "real" / "blogger_posts_thumbnails.atom.xml").read_bytes()
 LAST_MODIFIED = "Tue, 13 Jun 2023 10:00:00 GMT"
@@ -33,15 +33,7 @@ LAST_MODIFIED = "Tue, 13 Jun 2023 10:00:00 GMT"
 MakeFetcher = Callable[..., Awaitable[Fetcher]]
 
 
-@pytest.fixture(autouse=True)
-async def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    guard_loopback_only(monkeypatch)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FeedServer]:
-    async with FeedServer() as srv:
-        yield srv
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 @pytest.fixture

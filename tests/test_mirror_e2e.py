@@ -7,20 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.conftest import Harness
-from tests.feedgen import GenComment, at, blogger_comments, blogger_post
+from tests.feedgen import SEED_COMMENT_STARTS, GenComment, at, blogger_comments, blogger_post
 from tests.feedserver import FIXTURES
 
 SEED = FIXTURES / "seed"
 TITLE = "Great Leadership, But Poor Output?"
-SEED_ORDER = [
-    "Almost a copy and paste",
-    "This is easily explained",
-    "Yes so true upw",
-    "I think we need to think",
-    "Thank you 18:08",
-    "Carrot and stick",
-    "'For the period",
-]
+SEED_ORDER = SEED_COMMENT_STARTS
 
 
 def serve_seed(harness: Harness) -> str:
