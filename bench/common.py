@@ -15,16 +15,21 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from xml.sax.saxutils import escape, quoteattr
 
+if TYPE_CHECKING:
+    from tests.feedserver import FeedServer
+
 _STOP = "stop"
+_UPDATE = "update"
 _START_TIMEOUT = 60.0
 
 
@@ -95,12 +100,21 @@ def pin_apart() -> set[int] | None:
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
-    """One path the server answers: ``body`` with an ``ETag``; 304 when it matches."""
+    """One path the server answers: ``body`` with an ``ETag``; 304 when it matches.
+
+    The optional fields make a misbehaving blog (``tests.feedserver.Route`` has
+    the same ones): another ``status`` (give it no ``etag``, or a matching
+    ``If-None-Match`` gets a 304 first), a ``delay`` before answering, or a
+    connection cut after ``drop_after`` body bytes of a declared full length.
+    """
 
     path: str
     body: bytes
-    etag: str
-    last_modified: str
+    etag: str | None
+    last_modified: str | None
+    status: int = 200
+    delay: float = 0.0
+    drop_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,21 +125,28 @@ class ServerStats:
     not_modified: int
 
 
+RouteSource = Sequence[RouteSpec] | Callable[[], Sequence[RouteSpec]]
+"""Routes, or a picklable function (module level, or a ``functools.partial`` of one) making them."""
+
+
 class ServerProcess:
     """``tests.feedserver.FeedServer`` serving ``routes`` on 127.0.0.1, in a child process.
 
     A spawned (not forked) child: the parent may already run threads (aiosqlite,
     the default executor), which fork would copy in an undefined state.
-    ``cpus`` pins the server to those CPUs (see ``pin_apart``).
-    Use as ``with ServerProcess(routes) as server: server.url(path)``.
+    ``cpus`` pins the server to those CPUs (see ``pin_apart``). ``routes`` may be
+    a function, called in the child: the feed bodies then never take memory in
+    the parent, whose memory ``bench/memory.py`` measures.
+    Use as ``with ServerProcess(routes) as server: server.url(path)``; ``update``
+    changes what the server answers between batches of requests.
     """
 
-    def __init__(self, routes: Sequence[RouteSpec], *, cpus: set[int] | None = None) -> None:
+    def __init__(self, routes: RouteSource, *, cpus: set[int] | None = None) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(
             target=_serve,
-            args=(list(routes), child_conn, cpus),
+            args=(routes if callable(routes) else list(routes), child_conn, cpus),
             name="bench-feed-server",
             daemon=True,
         )
@@ -167,36 +188,94 @@ class ServerProcess:
         """Absolute URL of ``path`` on the server."""
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def update(self, routes: Sequence[RouteSpec]) -> ServerStats:
+        """Answer ``routes`` from now on (other paths keep theirs); return the counts so far.
+
+        Call it between batches of requests, never while one is in flight: each
+        request is counted as a 304 or not by the routes in force at the next
+        ``update`` (or at the end).
+        """
+        self._conn.send((_UPDATE, list(routes)))
+        if not self._conn.poll(_START_TIMEOUT):
+            raise InvalidRunError("the feed server did not take the new routes in time")
+        requests, not_modified = self._conn.recv()
+        return ServerStats(requests, not_modified)
+
     def _kill(self) -> None:
         self._process.kill()
         self._process.join(5)
 
 
-def _serve(routes: list[RouteSpec], conn: Connection, cpus: set[int] | None) -> None:
+def _serve(routes: RouteSource, conn: Connection, cpus: set[int] | None) -> None:
     """Child process entry point: serve until the parent says stop."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     asyncio.run(_serve_until_stopped(routes, conn))
 
 
-async def _serve_until_stopped(routes: list[RouteSpec], conn: Connection) -> None:
+async def _serve_until_stopped(routes: RouteSource, conn: Connection) -> None:
     # Imported here: only the child needs the test server (and the pytest it imports).
     from tests.feedserver import FeedServer
 
-    etags = {route.path: route.etag for route in routes}
     async with FeedServer("127.0.0.1") as server:
-        for route in routes:
-            server.route(route.path, route.body, etag=route.etag, last_modified=route.last_modified)
+        tally = _Tally(server)
+        tally.apply(routes() if callable(routes) else routes)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        loop.add_reader(conn.fileno(), stop.set)
+
+        def on_message() -> None:
+            try:
+                message = conn.recv()
+            except EOFError:  # the parent died
+                message = _STOP
+            if message == _STOP:
+                loop.remove_reader(conn.fileno())
+                stop.set()
+                return
+            _kind, new_routes = message
+            tally.apply(new_routes)
+            conn.send(tally.counts())
+
+        loop.add_reader(conn.fileno(), on_message)
         conn.send(server.port)
         await stop.wait()
-        loop.remove_reader(conn.fileno())
-        not_modified = sum(
-            1 for r in server.requests if r.headers.get("If-None-Match") == etags.get(r.path)
-        )
-        conn.send((len(server.requests), not_modified))
+        tally.catch_up()
+        conn.send(tally.counts())
+
+
+class _Tally:
+    """Counts the server's requests and its 304 answers as routes change."""
+
+    def __init__(self, server: FeedServer) -> None:
+        self.server = server
+        self.etags: dict[str, str | None] = {}
+        self.requests = 0
+        self.not_modified = 0
+
+    def apply(self, routes: Sequence[RouteSpec]) -> None:
+        self.catch_up()  # judge the requests so far by the routes that answered them
+        for route in routes:
+            self.server.route(
+                route.path,
+                route.body,
+                etag=route.etag,
+                last_modified=route.last_modified,
+                status=route.status,
+                delay=route.delay,
+                drop_after=route.drop_after,
+            )
+            self.etags[route.path] = route.etag
+
+    def catch_up(self) -> None:
+        for request in self.server.requests:
+            etag = self.etags.get(request.path)
+            if etag is not None and request.headers.get("If-None-Match") == etag:
+                self.not_modified += 1
+        self.requests += len(self.server.requests)
+        self.server.requests.clear()  # a long soak must not grow the server's log
+
+    def counts(self) -> tuple[int, int]:
+        return self.requests, self.not_modified
 
 
 # --- feed bodies -------------------------------------------------------------------------
@@ -213,6 +292,7 @@ _LOREM = (
 )
 _WORDS = _LOREM.split()
 _LABELS = ("Travel", "Food", "Photography", "Music", "Technology", "Family", "Books", "Garden")
+_TAG_RE = re.compile(r"<[^>]*>")
 _IMAGE = "https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEh{n}/s{size}/photo-{n}.jpg"
 
 
@@ -257,8 +337,13 @@ def blogger_posts_feed(entries: int, *, seed: int = 0) -> bytes:
     ).encode()
 
 
+def blogger_post_id(number: int) -> str:
+    """The numeric id of post ``number`` (0 = the newest) of ``blogger_posts_feed``."""
+    return f"{1301013119352122500 + number * 7919}"
+
+
 def _blogger_post(rng: random.Random, number: int, published: datetime) -> str:
-    post_id = f"{1301013119352122500 + number * 7919}"
+    post_id = blogger_post_id(number)
     title = _sentence(rng, 4, 9).rstrip(".")
     slug = "-".join(title.lower().split()[:6])
     url = f"{SITE}/{published:%Y/%m}/{slug}.html"
@@ -322,3 +407,107 @@ def _post_html(rng: random.Random, number: int) -> str:
 def _sentence(rng: random.Random, low: int, high: int) -> str:
     words = [rng.choice(_WORDS) for _ in range(rng.randint(low, high))]
     return " ".join(words).capitalize() + "."
+
+
+# Every comment is dated after every post of ``blogger_posts_feed`` (newest: 09:30 that day).
+COMMENTS_START = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+_COMMENT_SPACING = timedelta(minutes=17)
+_COMMENTERS = ("Anonymous", "Anonymous", "Jim Brown", "Maria Lopez", "K. Osei", "probation_pete")
+
+
+def blogger_comment_id(number: int) -> str:
+    """The numeric id of comment ``number`` of ``blogger_comments_feed``."""
+    return f"{5226945339900040673 + number * 104729}"
+
+
+def blogger_comments_feed(numbers: Iterable[int], *, posts: int, seed: int = 0) -> bytes:
+    """One page of a Blogger blog-wide comments feed holding comments ``numbers``, newest first.
+
+    Comment ``n`` is on post ``n % posts`` of ``blogger_posts_feed`` and is dated
+    17 minutes after comment ``n - 1``; every third one (after the first round)
+    replies to the one before it on the same post. Its HTML, a few hundred
+    bytes with line breaks, a link or entities, depends only on ``seed`` and
+    ``n``: a comment reads the same on every page, as a known comment must. The
+    shape copies ``fixtures/seed/comments.atom.xml`` (as ``tests/feedgen.py`` does).
+    """
+    ordered = sorted(set(numbers), reverse=True)
+    entries = "".join(_blogger_comment(n, posts, seed) for n in ordered)
+    newest = COMMENTS_START + _COMMENT_SPACING * (ordered[0] if ordered else 0)
+    return (
+        "<?xml version='1.0' encoding='UTF-8'?>"
+        "<feed xmlns='http://www.w3.org/2005/Atom' "
+        "xmlns:openSearch='http://a9.com/-/spec/opensearchrss/1.0/' "
+        "xmlns:gd='http://schemas.google.com/g/2005' "
+        "xmlns:thr='http://purl.org/syndication/thread/1.0'>"
+        f"<id>tag:blogger.com,1999:blog-{BLOG_ID}.comments</id>"
+        f"<updated>{newest.isoformat(timespec='milliseconds')}</updated>"
+        "<title type='text'>Bench Blog</title>"
+        f"<link rel='http://schemas.google.com/g/2005#feed' type='application/atom+xml' "
+        f"href='{SITE}/feeds/comments/default'/>"
+        f"<link rel='self' type='application/atom+xml' "
+        f"href='https://www.blogger.com/feeds/{BLOG_ID}/comments/default'/>"
+        f"<link rel='alternate' type='text/html' href='{SITE}/'/>"
+        "<author><name>Bench Author</name><email>noreply@blogger.com</email></author>"
+        "<generator version='7.00' uri='http://www.blogger.com'>Blogger</generator>"
+        f"<openSearch:totalResults>{len(ordered)}</openSearch:totalResults>"
+        "<openSearch:startIndex>1</openSearch:startIndex>"
+        "<openSearch:itemsPerPage>25</openSearch:itemsPerPage>"
+        f"{entries}</feed>"
+    ).encode()
+
+
+def _blogger_comment(number: int, posts: int, seed: int) -> str:
+    rng = random.Random(seed * 1_000_003 + number)
+    post_id = blogger_post_id(number % posts)
+    comment_id = blogger_comment_id(number)
+    published = COMMENTS_START + _COMMENT_SPACING * number
+    stamp = published.isoformat(timespec="milliseconds")
+    epoch_ms = int(published.timestamp() * 1000)
+    text = _comment_html(rng)
+    plain = " ".join(_TAG_RE.sub(" ", text).split())
+    author = rng.choice(_COMMENTERS)
+    profile = (
+        ""
+        if author == "Anonymous"
+        else f"<uri>https://www.blogger.com/profile/{10**19 + rng.randrange(10**18)}</uri>"
+    )
+    feeds = f"https://www.blogger.com/feeds/{BLOG_ID}/{post_id}/comments/default"
+    related = (
+        f"<link rel='related' type='application/atom+xml' "
+        f"href='{feeds}/{blogger_comment_id(number - posts)}'/>"
+        if number >= posts and number % 3 == 2
+        else ""
+    )
+    return (
+        f"<entry><id>tag:blogger.com,1999:blog-{BLOG_ID}.post-{comment_id}</id>"
+        f"<published>{stamp}</published><updated>{stamp}</updated>"
+        f"<title type='text'>{escape(plain[:40])}</title>"
+        f"<content type='html'>{escape(text)}</content>"
+        f"<link rel='edit' type='application/atom+xml' href='{feeds}/{comment_id}'/>"
+        f"<link rel='self' type='application/atom+xml' href='{feeds}/{comment_id}'/>"
+        f"<link rel='alternate' type='text/html' "
+        f"href='{SITE}/2024/05/post-{post_id}.html?showComment={epoch_ms}#c{comment_id}' "
+        "title=''/>"
+        f"{related}"
+        f"<author><name>{escape(author)}</name>{profile}<email>noreply@blogger.com</email>"
+        "<gd:image rel='http://schemas.google.com/g/2005#thumbnail' width='16' height='16' "
+        "src='https://img1.blogblog.com/img/blank.gif'/></author>"
+        f"<thr:in-reply-to href='{SITE}/2024/05/post-{post_id}.html' "
+        f"ref='tag:blogger.com,1999:blog-{BLOG_ID}.post-{post_id}' "
+        f"source='https://www.blogger.com/feeds/{BLOG_ID}/posts/default/{post_id}' "
+        "type='text/html'/>"
+        "<gd:extendedProperty name='blogger.itemClass' value='pid-1'/>"
+        f"<gd:extendedProperty name='blogger.displayTime' value='{published.date()}'/>"
+        "</entry>"
+    )
+
+
+def _comment_html(rng: random.Random) -> str:
+    """Two to four sentences as Blogger stores a comment: ``<br />`` between them."""
+    parts = [_sentence(rng, 8, 22) for _ in range(rng.randint(2, 4))]
+    if rng.random() < 0.3:
+        label = rng.choice(_LABELS)
+        parts.append(f'See <a href="{SITE}/search/label/{label}" rel="nofollow">{label}</a>')
+    if rng.random() < 0.3:
+        parts[0] += " &quot;Quite so&quot; &amp; thanks&#8230;"
+    return "<br /><br />".join(parts)
