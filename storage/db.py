@@ -66,6 +66,17 @@ class Database:
         async with self._write_lock:
             await self.conn.execute(sql, parameters)
 
+    async def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement over many rows in a single round trip (and one transaction)."""
+        async with self._write_lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self.conn.executemany(sql, rows)
+            except BaseException:
+                await self.conn.rollback()
+                raise
+            await self.conn.commit()
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: committed on success, rolled back on any error."""

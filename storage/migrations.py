@@ -19,8 +19,10 @@ class DatabaseTooNewError(Exception):
 
 
 V1 = """
+-- AUTOINCREMENT: an id is never reused, so nothing keyed by a deleted
+-- subscription's id (caches, locks, logs) can be mistaken for a new one's.
 CREATE TABLE subscriptions (
-    id                    INTEGER PRIMARY KEY,
+    id                    INTEGER PRIMARY KEY AUTOINCREMENT,
     guild_id              INTEGER NOT NULL,
     channel_id            INTEGER NOT NULL,
     feed_url              TEXT    NOT NULL,

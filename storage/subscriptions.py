@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import datetime
 
@@ -14,6 +15,8 @@ from storage.records import (
     to_db_time,
 )
 
+SUCCESS_BATCH_SECONDS = 0.005
+
 
 class DuplicateSubscriptionError(Exception):
     """This feed is already subscribed in this channel."""
@@ -24,6 +27,9 @@ class SubscriptionRepo:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._validators: dict[tuple[int, str], HttpValidators | None] = {}
+        self._successes: dict[int, tuple[str, str, str, int]] = {}
+        self._success_flush: asyncio.Future[None] | None = None
 
     async def add(
         self,
@@ -145,15 +151,35 @@ class SubscriptionRepo:
     async def record_success(
         self, subscription_id: int, *, now: datetime, next_poll_at: datetime
     ) -> None:
-        # Once per poll of every feed: one statement, so no transaction round trips.
-        await self.db.write_one(
+        """Record a successful poll; returns once it is written.
+
+        This runs after every poll of every feed, mostly idle ones, so the
+        successes of polls finishing together are written in one batch: one
+        round trip to the database thread instead of one each.
+        """
+        self._successes[subscription_id] = (
+            to_db_time(now),
+            to_db_time(now),
+            to_db_time(next_poll_at),
+            subscription_id,
+        )
+        if self._success_flush is None:
+            self._success_flush = asyncio.ensure_future(self._flush_successes())
+        await asyncio.shield(self._success_flush)
+
+    async def _flush_successes(self) -> None:
+        await asyncio.sleep(SUCCESS_BATCH_SECONDS)  # let polls finishing together join
+        batch = list(self._successes.values())
+        self._successes.clear()
+        self._success_flush = None
+        await self.db.write_batch(
             """
             UPDATE subscriptions
             SET last_poll_at = ?, last_success_at = ?, next_poll_at = ?,
                 consecutive_failures = 0
             WHERE id = ?
             """,
-            (to_db_time(now), to_db_time(now), to_db_time(next_poll_at), subscription_id),
+            batch,
         )
 
     async def record_failure(
@@ -244,6 +270,8 @@ class SubscriptionRepo:
     async def delete(self, subscription_id: int) -> None:
         async with self.db.write() as conn:
             await conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
+        for key in [k for k in self._validators if k[0] == subscription_id]:
+            del self._validators[key]
 
     async def counts(self, subscription_id: int) -> SubscriptionCounts:
         async with self.db.conn.execute(
@@ -267,38 +295,43 @@ class SubscriptionRepo:
     # --- HTTP validators -------------------------------------------------------------
 
     async def validators(self, subscription_id: int, url: str) -> HttpValidators | None:
-        # Read before every fetch: execute_fetchall is one round trip to the
-        # connection's thread, where execute + fetchone + close are three.
+        """The stored validators, read through a cache: they are needed before every
+        fetch, and only this repository writes them."""
+        key = (subscription_id, url)
+        if key in self._validators:
+            return self._validators[key]
         rows = await self.db.conn.execute_fetchall(
             "SELECT etag, last_modified, body_hash FROM http_cache "
             "WHERE subscription_id = ? AND url = ?",
             (subscription_id, url),
         )
         row = next(iter(rows), None)
-        return HttpValidators(row[0], row[1], row[2]) if row else None
+        found = HttpValidators(row[0], row[1], row[2]) if row else None
+        self._validators[key] = found
+        return found
 
     async def store_validators(
         self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
     ) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                """
-                INSERT INTO http_cache (subscription_id, url, etag, last_modified, body_hash,
-                                        fetched_at)
-                VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT (subscription_id, url) DO UPDATE SET
-                    etag = excluded.etag, last_modified = excluded.last_modified,
-                    body_hash = excluded.body_hash, fetched_at = excluded.fetched_at
-                """,
-                (
-                    subscription_id,
-                    url,
-                    validators.etag,
-                    validators.last_modified,
-                    validators.body_hash,
-                    to_db_time(now),
-                ),
-            )
+        await self.db.write_one(
+            """
+            INSERT INTO http_cache (subscription_id, url, etag, last_modified, body_hash,
+                                    fetched_at)
+            VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (subscription_id, url) DO UPDATE SET
+                etag = excluded.etag, last_modified = excluded.last_modified,
+                body_hash = excluded.body_hash, fetched_at = excluded.fetched_at
+            """,
+            (
+                subscription_id,
+                url,
+                validators.etag,
+                validators.last_modified,
+                validators.body_hash,
+                to_db_time(now),
+            ),
+        )
+        self._validators[(subscription_id, url)] = validators
 
     # --- guild settings --------------------------------------------------------------
 
