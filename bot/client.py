@@ -113,6 +113,11 @@ class BlogMirrorBot(commands.Bot):
     def subscription_lock(self, subscription_id: int) -> asyncio.Lock:
         return self._cycle_locks.setdefault(subscription_id, asyncio.Lock())
 
+    def forget(self, subscription_id: int) -> None:
+        """Drop in-memory state of a removed subscription (its ids are never reused)."""
+        self._cycle_locks.pop(subscription_id, None)
+        self.ingestor.forget(subscription_id)
+
     async def cycle(
         self, sub: Subscription, *, progress: Progress | None = None, poll: bool = True
     ) -> CycleResult:

@@ -110,6 +110,11 @@ class Ingestor:
         # Validators of parsed bodies wait here until their content is recorded.
         self._pending_validators: dict[tuple[int, str], HttpValidators] = {}
 
+    def forget(self, subscription_id: int) -> None:
+        """Drop what is held in memory for a subscription that was removed."""
+        for key in [k for k in self._pending_validators if k[0] == subscription_id]:
+            del self._pending_validators[key]
+
     async def poll(self, sub: Subscription) -> PollSummary:
         """Fetch the posts feed and the comments, store what is new; raise ``FeedError``."""
         summary = PollSummary()

@@ -185,6 +185,7 @@ class BlogCommands(
         sub = await self.bot.service.resolve(_guild(interaction).id, feed)
         async with self.bot.subscription_lock(sub.id):
             await self.bot.service.unsubscribe(sub)
+        self.bot.forget(sub.id)
         await reply(
             interaction,
             f"✅ Stopped mirroring **{escape_text(sub.display_name)}**. Existing threads stay.",
