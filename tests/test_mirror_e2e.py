@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests.conftest import Harness
 from tests.feedgen import SEED_COMMENT_STARTS, GenComment, at, blogger_comments, blogger_post
 from tests.feedserver import FIXTURES
@@ -188,3 +190,48 @@ async def test_forum_requiring_a_tag_gets_its_first_tag(harness: Harness) -> Non
     [thread] = harness.double.threads(forum.id)
     tags = {t["id"]: t["name"] for t in harness.double.channel(forum.id)["available_tags"]}
     assert [tags[t] for t in thread["applied_tags"]] == ["Zeta"]
+
+
+async def test_archived_thread_is_reopened_by_the_next_comment(harness: Harness) -> None:
+    """A comment arriving for an archived thread is posted and the thread is open again."""
+    await harness.subscribe(serve_seed(harness), harness.forum_id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    thread_id, _ = seed_thread(harness)
+    harness.double.archive_thread(thread_id)
+    await asyncio.sleep(0.2)
+    comments_page(harness, [GenComment(61, at(5000), "Reviving this thread")])
+    await poll(harness)
+    messages = harness.double.messages(thread_id)
+    assert "Reviving this thread" in messages[-1]["content"]
+    assert not harness.double.channel(thread_id)["thread_metadata"]["archived"]
+
+
+async def test_locked_thread_gets_nothing_and_says_why_in_the_log(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """New comments for a locked thread wait; the log says the thread is locked."""
+    caplog.set_level("INFO", logger="bot.delivery")
+    await harness.subscribe(serve_seed(harness), harness.forum_id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    thread_id, _ = seed_thread(harness)
+    harness.double.lock_thread(thread_id)
+    await asyncio.sleep(0.2)
+    comments_page(harness, [GenComment(62, at(5000), "Too late")])
+    await poll(harness)
+    assert len(harness.double.messages(thread_id)) == 8
+    assert "is locked" in caplog.text
+
+
+async def test_a_deleted_channel_marks_the_subscription_failing(harness: Harness) -> None:
+    """When the channel is gone, the poll records a clear error instead of crashing."""
+    text = harness.double.add_text_channel(harness.guild_id, "doomed")
+    await asyncio.sleep(0.2)
+    await harness.subscribe(serve_seed(harness), text.id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(text.id))) >= 8)
+    harness.double.delete_channel(text.id)
+    await asyncio.sleep(0.2)
+    comments_page(harness, [GenComment(63, at(5000), "Anyone?")])
+    record = await poll(harness)
+    assert "no longer exists" in "\n".join(record.contents)
+    [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
+    assert sub.consecutive_failures == 1 and "no longer exists" in (sub.last_error or "")

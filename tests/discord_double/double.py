@@ -324,6 +324,10 @@ class DiscordDouble:
             self.world.message(channel_id, message_id), by_moderator=by_moderator
         )
 
+    def delete_channel(self, channel_id: int) -> None:
+        """Delete a channel with its threads and messages (dispatches CHANNEL_DELETE)."""
+        self.world.delete_channel(self.world.channel(channel_id))
+
     def delete_thread(self, thread_id: int) -> None:
         """Delete a thread and its messages (dispatches THREAD_DELETE)."""
         self.world.delete_thread(self.world.channel(thread_id))
