@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import TEST_TOKEN
 from tests.discord_double import DiscordDouble
-from tests.feedgen import GenComment, at, blogger_comments
+from tests.feedgen import GenComment, at, blogger_comments, blogger_post, blogger_posts
 from tests.feedserver import FeedServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,23 +158,43 @@ async def test_sigkill_mid_backfill_then_restart_gives_each_comment_once(world: 
 
 @pytest.mark.slow
 async def test_randomised_kills(world: World) -> None:
-    """Twenty SIGKILLs at random moments of the backfill; every comment ends up exactly once."""
+    """20 SIGKILLs at random moments of a 3-thread, 120-comment backfill: each exactly once.
+
+    Each kill is followed by a restart on the same database. The moments are
+    spread from the subscription (forum posts being made) to the last comments.
+    """
     rng = random.Random(int(os.environ.get("CRASH_SEED", "20261126")))
+    articles = [blogger_post(str(800 + a), f"Article {a}", at(a)) for a in range(3)]
+    world.feeds.route("/feeds/posts/default", blogger_posts(articles))
+    comments = [
+        GenComment(
+            20_000 + n,
+            at(10 + n),
+            f"comment number {n}",
+            post=str(800 + n % 3),
+            parent=20_000 + n - 3 if n % 5 == 4 else None,
+        )
+        for n in range(120)
+    ]
+    world.feeds.route("/feeds/comments/default", blogger_comments(comments))
+    world.double.set_rate_limit("POST /channels/{channel_id}/messages", 5, 1.0)
     await world.start_bot()
-    await world.subscribe()
+    await world.subscribe(backfill=3)
+    kills = 0
     for _ in range(20):
-        done = len(world.comment_numbers())
-        if done >= COMMENTS:
+        if len(world.comment_numbers()) >= 120:
             break
-        await asyncio.sleep(rng.uniform(0.0, 0.4))
+        await asyncio.sleep(rng.uniform(0.0, 0.6))
         await world.kill_bot()
+        kills += 1
         await world.start_bot()
-    await world.wait_for_comments(COMMENTS, timeout=120)
+    assert kills >= 10, f"only {kills} kills landed before the backfill finished"
+    await world.wait_for_comments(120, timeout=120)
     await asyncio.sleep(0.5)
     counts = Counter(world.comment_numbers())
-    assert sorted(counts) == list(range(COMMENTS))
+    assert sorted(counts) == list(range(120))
     assert set(counts.values()) == {1}
-    assert len(world.threads()) == 1
+    assert sorted(world.threads()) == ["Article 0", "Article 1", "Article 2"]
 
 
 async def test_sigterm_stops_cleanly_and_restart_finishes(world: World) -> None:
