@@ -63,6 +63,7 @@ class ThreadMaker:
         self.pacer = pacer
         self.session = session
         self.retry_delay = retry_delay
+        self.request_timeout = REQUEST_TIMEOUT
         self._forum_not_before = 0.0
 
     @property
@@ -188,7 +189,7 @@ class ThreadMaker:
                 await asyncio.sleep(wait)
             async with (
                 self.pacer,
-                asyncio.timeout(REQUEST_TIMEOUT),
+                asyncio.timeout(self.request_timeout),
                 session.post(url, data=json.dumps(payload), headers=headers) as resp,
             ):
                 body = await resp.text()

@@ -94,6 +94,15 @@ async def test_faults_on_forum_post_creation(harness: Harness, kind: str) -> Non
     assert_exactly_once(harness, total, 3)
 
 
+async def test_forum_post_answer_that_never_comes(harness: Harness) -> None:
+    """A forum post whose answer times out is found in the forum, not made again."""
+    total = serve(harness, articles=2, per_article=3)
+    harness.double.inject_fault("delay_after_commit", FORUM_POSTS, method="POST", delay=60, times=1)
+    harness.bot.mirror.threads.request_timeout = 1.0
+    await backfill(harness, 2, total)
+    assert_exactly_once(harness, total, 2)
+
+
 async def test_rate_limit_storms(harness: Harness) -> None:
     """Per-channel and global 429 storms: retried, nothing lost or doubled."""
     total = serve(harness, articles=2, per_article=15)
