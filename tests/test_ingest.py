@@ -367,3 +367,16 @@ async def test_per_article_feeds_serve_blogs_without_site_comments(env: Env) -> 
     assert all(c.parent_entry_id is None for c in comments)  # RSS carries no parents
     # The other five articles' comment feeds are missing here: each is a warning, not a failure.
     assert sum("Comments of" in warning for warning in summary.warnings) == 5
+
+
+async def test_content_type_is_not_trusted_either_way(env: Env) -> None:
+    """A feed served as text/html is read; a web page served as RSS is a clear error."""
+    env.server.fixture("/feeds/posts/default", "seed/posts.atom.xml", content_type="text/html")
+    env.server.fixture("/feeds/comments/default", "seed/comments.atom.xml", content_type=None)
+    sub = await env.subscribe()
+    summary = await env.ingestor.poll(sub)
+    assert (summary.new_articles, summary.new_comments) == (1, 7)
+    page = b"<!doctype html><html><head><title>Blog</title></head><body>Hi</body></html>"
+    env.server.route("/feeds/posts/default", page, content_type="application/rss+xml")
+    with pytest.raises(NotAFeedError, match="web page"):
+        await env.ingestor.poll(sub)
