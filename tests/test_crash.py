@@ -214,3 +214,35 @@ async def test_sigterm_stops_cleanly_and_restart_finishes(world: World) -> None:
     await world.wait_for_comments(COMMENTS)
     await asyncio.sleep(0.5)
     assert sorted(world.comment_numbers()) == list(range(COMMENTS))
+
+
+@pytest.mark.parametrize(
+    ("path", "wait_for"),
+    [
+        # Killed after Discord made the comment message, before the bot recorded it.
+        (r"/channels/\d+/messages", "message"),
+        # Killed after Discord made the forum post, before the bot recorded the thread.
+        (r"/channels/\d+/threads", "thread"),
+    ],
+)
+async def test_kill_between_discord_answer_and_record(
+    world: World, path: str, wait_for: str
+) -> None:
+    """SIGKILL while Discord's answer is held back: the restart adopts what was made."""
+    fault = world.double.inject_fault("delay_after_commit", path, method="POST", delay=30, times=1)
+    await world.start_bot()
+    await world.subscribe()
+    async with asyncio.timeout(20):
+        while fault.hits == 0:
+            await asyncio.sleep(0.02)
+    if wait_for == "thread":
+        assert len(world.threads()) == 1
+    else:
+        assert len(world.comment_numbers()) == 1
+    await world.kill_bot()
+    world.double.clear_faults()
+    await world.start_bot()
+    await world.wait_for_comments(COMMENTS)
+    await asyncio.sleep(0.5)
+    assert sorted(world.comment_numbers()) == list(range(COMMENTS))
+    assert world.threads() == ["Great Leadership, But Poor Output?"]
