@@ -280,22 +280,26 @@ class Ingestor:
             await self._poll_article_feeds(sub, summary)
 
     async def _poll_paged_comments(self, sub: Subscription, url: str, summary: PollSummary) -> bool:
-        """Read a newest-first comments feed back to known ground; True if it got there."""
+        """Read a newest-first comments feed back to known ground; True if it got there.
+
+        Every page is read before anything is recorded: if a later page fails,
+        nothing is stored and the next poll pages back from the start again.
+        (Recording page 1 first would make it "known ground" next time, and the
+        comments on the failed pages would never be read.)
+        """
         first = await self._fetch(sub, url, "comments", summary, conditional=True)
         if first.parsed is None:
             return True
         oldest_mirrored = await self._oldest_mirrored(sub)
         page = first.parsed
+        collected: list[Comment] = []
         seen_next: set[str] = set()
         pages = 1
-        newest: datetime | None = None
         reached = False
         while True:
-            known_any = await self._record_comments(sub, page.comments, summary)
-            if page.comments:
-                page_newest = max(c.published for c in page.comments)
-                newest = page_newest if newest is None else max(newest, page_newest)
-            if known_any or self._reached_old_ground(sub, page.comments, oldest_mirrored):
+            collected += page.comments
+            known = await self.comments.known(sub.id, [c.id for c in page.comments])
+            if known or self._reached_old_ground(sub, page.comments, oldest_mirrored):
                 reached = True
                 break
             next_url = page.next_url
@@ -315,6 +319,8 @@ class Ingestor:
                 break
             page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="comments")
             pages += 1
+        await self._record_comments(sub, _unique(collected), summary)
+        newest = max((c.published for c in collected), default=None)
         if newest is not None:
             # A comment dated in the future (a wrong clock, a broken feed) must not push
             # the mark past now, or later polls would stop paging back too early.
@@ -432,6 +438,17 @@ class Ingestor:
                 comment = replace(comment, article_id=root, parent_id=target)
             resolved.append(comment)
         return resolved
+
+
+def _unique(comments: Sequence[Comment]) -> list[Comment]:
+    """First sighting of each id: pages can overlap when comments arrive while paging."""
+    seen: set[str] = set()
+    unique = []
+    for comment in comments:
+        if comment.id not in seen:
+            seen.add(comment.id)
+            unique.append(comment)
+    return unique
 
 
 def content_hash(*parts: object) -> str:

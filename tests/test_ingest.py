@@ -380,3 +380,26 @@ async def test_content_type_is_not_trusted_either_way(env: Env) -> None:
     env.server.route("/feeds/posts/default", page, content_type="application/rss+xml")
     with pytest.raises(NotAFeedError, match="web page"):
         await env.ingestor.poll(sub)
+
+
+async def test_a_failed_page_loses_nothing(env: Env) -> None:
+    """Page 2 failing once: nothing is recorded, and the next poll reads every page again."""
+    serve_seed(env.server)
+    sub = await env.poll(await env.subscribe())
+    new = [GenComment(1000 + n, at(3000 + n), f"catch-up {n}") for n in range(40)]
+    newest_first = sorted(new, key=lambda c: c.published, reverse=True)
+    env.server.route(
+        "/feeds/comments/default",
+        blogger_comments(newest_first[:25], next_url=env.server.url("/page2")),
+    )
+    env.server.route("/page2", b"", status=503)
+    sub = await env.poll(sub)
+    assert sub.consecutive_failures == 1
+    assert len(await env.comment_entries(sub)) == 7  # nothing from page 1 either
+    env.server.route(
+        "/page2", blogger_comments(newest_first[25:], next_url=env.server.url("/page3"))
+    )
+    env.server.fixture("/page3", "seed/comments.atom.xml")
+    sub = await env.poll(sub)
+    assert sub.consecutive_failures == 0
+    assert len(await env.comment_entries(sub)) == 47
