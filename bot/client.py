@@ -146,15 +146,20 @@ class BlogMirrorBot(commands.Bot):
             error = outcome.error if outcome else None
             current = await self.subscriptions.get(sub.id)
             if current is not None and current.state == SubscriptionState.ACTIVE:
+                delivery_error: str | None = None
                 try:
                     delivery = await self.mirror.deliver(current, progress=progress)
                 except DeliveryError as exc:
-                    error = str(exc)
-                    outcome = await self.poller.record_failure(current, error)
+                    delivery_error = str(exc)
                 except Exception:
                     log.exception("Delivery for %s failed unexpectedly", current.feed_url)
-                    error = "Internal error while posting to Discord (see the bot's log)."
-                    outcome = await self.poller.record_failure(current, error)
+                    delivery_error = "Internal error while posting to Discord (see the bot's log)."
+                if delivery_error is not None and error is None:
+                    # Counted from before the poll, whose success reset the count.
+                    error = delivery_error
+                    outcome = await self.poller.record_failure(fresh, error)
+                elif delivery_error is not None:
+                    log.warning("Delivery for %s failed too: %s", current.feed_url, delivery_error)
             if outcome is not None and outcome.change is not None and current is not None:
                 await self.report_health(current, outcome)
             return CycleResult(outcome, delivery, error)

@@ -473,6 +473,14 @@ class Mirror:
             record.starter_message_id
         )
         try:
+            if isinstance(channel, discord.ForumChannel):
+                # Discord refuses edits in an archived post (50083): reopen it first.
+                thread = await self._thread(record)
+                if thread is None:
+                    return
+                if thread.archived and not thread.locked:
+                    async with self.pacer:
+                        await thread.edit(archived=False)
             async with self.pacer:
                 await message.edit(
                     content=rendered.content,
@@ -481,6 +489,10 @@ class Mirror:
                 )
         except discord.NotFound:
             log.info("Article message of %s is gone; not edited", record.url)
+        except discord.HTTPException as exc:
+            # One article that cannot be edited (a locked post) must not stop the rest.
+            log.warning("Could not edit the article message of %s: %s", record.url, exc)
+            return
         await self.articles.clear_edit(record.id, record.content_hash)
         summary.edits += 1
 

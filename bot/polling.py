@@ -122,14 +122,24 @@ class Poller:
         status: int | None = None,
         retry_after: float | None = None,
     ) -> PollOutcome:
-        """Count a failure (of the poll or of delivering its results) and back off."""
+        """Count a failure (of the poll or of delivering its results) and back off.
+
+        The count is ``sub``'s plus one: for a delivery failure after a
+        successful poll, pass the snapshot taken before that poll, so a channel
+        that stays broken still counts up to failing and disabled.
+        """
         now = self.clock()
         failures = sub.consecutive_failures + 1
         next_poll_at = next_after_failure(
             now, sub.interval_seconds, failures, retry_after, self.rng
         )
         failures = await self.subscriptions.record_failure(
-            sub.id, now=now, error=error, status=status, next_poll_at=next_poll_at
+            sub.id,
+            now=now,
+            error=error,
+            status=status,
+            next_poll_at=next_poll_at,
+            failures=failures,
         )
         change: HealthChange | None = None
         if failures >= DISABLE_AFTER:

@@ -126,6 +126,12 @@ class BlogService:
                 f"No subscription in this server matches {feed!r}: pick one from the list "
                 "(`/blog list`)."
             )
+        if len(matches) > 1:
+            channels = ", ".join(f"<#{sub.channel_id}>" for sub in matches)
+            raise BlogMirrorError(
+                f"That blog is mirrored in several channels ({channels}): pick the one you "
+                "mean from the suggestions."
+            )
         return matches[0]
 
     async def poll_now(self, sub: Subscription) -> PollOutcome:

@@ -9,6 +9,7 @@ traceback and answered with a short apology by the tree's error handler.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -98,14 +99,23 @@ class BlogCommands(
         if interaction.guild_id is None:
             return []
         needle = current.casefold()
+        subs = await self.bot.subscriptions.list_for_guild(interaction.guild_id)
+        per_url = Counter(sub.feed_url for sub in subs)
         choices = []
-        for sub in await self.bot.subscriptions.list_for_guild(interaction.guild_id):
+        for sub in subs:
             label = f"{sub.display_name} ({sub.feed_url})"
+            if per_url[sub.feed_url] > 1:
+                channel = (
+                    interaction.guild.get_channel(sub.channel_id) if interaction.guild else None
+                )
+                label = f"{sub.display_name} in #{channel.name if channel else sub.channel_id}"
             if needle and needle not in label.casefold():
                 continue
-            # Choice values are at most 100 characters: a longer feed URL is filled in
-            # as the subscription's number, which every `feed` option also accepts.
-            value = sub.feed_url if len(sub.feed_url) <= 100 else str(sub.id)
+            # Choice values are at most 100 characters, and one feed may be mirrored in
+            # two channels: then the subscription's number is filled in instead of the
+            # URL (every `feed` option accepts it).
+            unique = per_url[sub.feed_url] == 1 and len(sub.feed_url) <= 100
+            value = sub.feed_url if unique else str(sub.id)
             choices.append(app_commands.Choice(name=_clip(label, 100), value=value))
         return choices[:25]
 
@@ -166,8 +176,8 @@ class BlogCommands(
 
         async def progress(posted: int, total: int) -> None:
             log.info("Backfill of %s: mirrored %d/%d comments", sub.feed_url, posted, total)
-            await interaction.edit_original_response(
-                content="\n".join([*lines, f"⏳ Mirrored {posted}/{total} comments…"])
+            await edit_quietly(
+                interaction, "\n".join([*lines, f"⏳ Mirrored {posted}/{total} comments…"])
             )
 
         result = await self.bot.cycle(sub, progress=progress, poll=False)
@@ -183,6 +193,8 @@ class BlogCommands(
     @app_commands.autocomplete(feed=feed_choices)
     async def unsubscribe(self, interaction: discord.Interaction, feed: str) -> None:
         sub = await self.bot.service.resolve(_guild(interaction).id, feed)
+        # A poll in progress holds the lock for a while: answer within Discord's 3 s.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         async with self.bot.subscription_lock(sub.id):
             await self.bot.service.unsubscribe(sub)
         self.bot.forget(sub.id)
@@ -341,8 +353,8 @@ class BlogCommands(
 
         async def progress(posted: int, total: int) -> None:
             log.info("Resync of %s: mirrored %d/%d comments", article.url, posted, total)
-            await interaction.edit_original_response(
-                content=f"⏳ Resyncing **{title}**: mirrored {posted}/{total} comments…"
+            await edit_quietly(
+                interaction, f"⏳ Resyncing **{title}**: mirrored {posted}/{total} comments…"
             )
 
         async with self.bot.subscription_lock(sub.id):
@@ -404,6 +416,15 @@ async def reply(
             )
     except discord.HTTPException as exc:
         log.warning("Could not answer interaction %s: %s", interaction.id, exc)
+
+
+async def edit_quietly(interaction: discord.Interaction, content: str) -> None:
+    """Progress is a courtesy: a failed edit (an expired token after 15 minutes, a
+    5xx) is logged and must never stop the work it reports on."""
+    try:
+        await interaction.edit_original_response(content=content)
+    except discord.HTTPException as exc:
+        log.info("Could not show progress on interaction %s: %s", interaction.id, exc)
 
 
 def _guild(interaction: discord.Interaction) -> discord.Guild:

@@ -190,14 +190,16 @@ class SubscriptionRepo:
         error: str,
         status: int | None,
         next_poll_at: datetime,
+        failures: int | None = None,
     ) -> int:
-        """Count one more consecutive failure; return the new count."""
+        """Count one more consecutive failure (or set ``failures``); return the count."""
         async with self.db.write() as conn:
             await conn.execute(
                 """
                 UPDATE subscriptions
                 SET last_poll_at = ?, next_poll_at = ?, last_error = ?, last_error_status = ?,
-                    last_error_at = ?, consecutive_failures = consecutive_failures + 1
+                    last_error_at = ?,
+                    consecutive_failures = coalesce(?, consecutive_failures + 1)
                 WHERE id = ?
                 """,
                 (
@@ -206,6 +208,7 @@ class SubscriptionRepo:
                     error,
                     status,
                     to_db_time(now),
+                    failures,
                     subscription_id,
                 ),
             )

@@ -273,3 +273,27 @@ async def test_resync_finds_an_article_older_than_the_subscription(harness: Harn
     assert "created its thread" in text_of(resync)
     [thread] = harness.double.threads(harness.forum_id)
     assert len(harness.double.messages(int(thread["id"]))) == 8
+
+
+async def test_one_feed_in_two_channels_is_never_confused(harness: Harness) -> None:
+    """Autocomplete tells the two apart by channel; a bare URL asks which one is meant."""
+    url = await subscribed(harness)
+    second = await harness.subscribe(url, harness.text_id)
+    await second.wait_for(lambda r: "Done." in text_of(r))
+    choices = await harness.double.autocomplete(
+        harness.guild_id, harness.text_id, "blog", "pause", "feed", ""
+    )
+    assert sorted(c["name"] for c in choices) == [
+        "On Probation in #blog-comments",
+        "On Probation in #general",
+    ]
+    ambiguous = await command(harness, "pause", feed=url)
+    assert "several channels" in text_of(ambiguous)
+    [general] = [c for c in choices if c["name"].endswith("#general")]
+    paused = await command(harness, "pause", feed=general["value"])
+    assert "Paused" in text_of(paused)
+    states = {
+        s.channel_id: s.state
+        for s in await harness.bot.subscriptions.list_for_guild(harness.guild_id)
+    }
+    assert states == {harness.forum_id: "active", harness.text_id: "paused"}

@@ -235,3 +235,22 @@ async def test_a_deleted_channel_marks_the_subscription_failing(harness: Harness
     assert "no longer exists" in "\n".join(record.contents)
     [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
     assert sub.consecutive_failures == 1 and "no longer exists" in (sub.last_error or "")
+    await poll(harness)  # the poll itself succeeds; the broken channel still counts
+    [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
+    assert sub.consecutive_failures == 2
+
+
+async def test_changed_article_in_an_archived_post_is_edited(harness: Harness) -> None:
+    """An article edited on the blog updates its archived forum post without an error."""
+    await harness.subscribe(serve_seed(harness), harness.forum_id)
+    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    thread_id, messages = seed_thread(harness)
+    harness.double.archive_thread(thread_id)
+    await asyncio.sleep(0.2)
+    body = (SEED / "posts.atom.xml").read_bytes().replace(b"Twitter", b"Mastodon")
+    harness.feeds.route("/feeds/posts/default", body, etag='"p2"')
+    record = await poll(harness)
+    assert "❌" not in "\n".join(record.contents)
+    assert "Mastodon" in harness.double.message(int(messages[0]["id"]))["content"]
+    [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
+    assert sub.consecutive_failures == 0
