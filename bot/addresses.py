@@ -63,6 +63,8 @@ def forbidden_kind(ip: IPAddress) -> str | None:
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
         ("private", ip.is_private),
+        # Deprecated IPv6 site-local (fec0::/10): still routed inside some networks.
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
         ("reserved", ip.is_reserved),
         # Shared address space (100.64/10), documentation ranges and the like.
         ("non-public", not ip.is_global),

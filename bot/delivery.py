@@ -32,7 +32,7 @@ from bot.order import delivery_order
 from bot.pacing import Pacer
 from bot.render import permalink_in, render_article, render_comment
 from bot.threads import (
-    HISTORY_WINDOW,
+    SETTLE_MARGIN,
     UNCERTAIN,
     ThreadError,
     ThreadMaker,
@@ -229,7 +229,7 @@ class Mirror:
         for intent in await self.intents.unfinished_for_channel(channel.id):
             if intent.kind != "thread" or intent.target_id != record.id:
                 continue
-            found = await self.threads.find(channel, record)
+            found = await self.threads.find(channel, record, since=intent.created_at)
             if found is not None:
                 thread_id, starter_id = found
                 await self.articles.mark_posted(
@@ -402,12 +402,12 @@ class Mirror:
         intents = await self.intents.unfinished_for_channel(thread.id)
         if not intents:
             return
-        async with self.pacer:  # one page: one request
-            mine = [
-                m
-                async for m in thread.history(limit=HISTORY_WINDOW)
-                if m.author.id == self._me and m.type in _CONTENT_TYPES
-            ]
+        since = min(intent.created_at for intent in intents) - SETTLE_MARGIN
+        mine = [
+            m
+            for m in await self.threads.messages_since(thread, since)
+            if m.author.id == self._me and m.type in _CONTENT_TYPES
+        ]
         mine.sort(key=lambda m: m.id)
         by_permalink: dict[str, discord.Message] = {}
         for message in mine:

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,9 @@ NO_MENTIONS = discord.AllowedMentions.none()
 ATTEMPTS = 4
 HISTORY_WINDOW = 100
 REQUEST_TIMEOUT = 30.0
+# How far before an intent's time settling starts reading (clock skew, slow sends).
+SETTLE_MARGIN = timedelta(minutes=2)
+MAX_SETTLE_MESSAGES = 5000
 UNCERTAIN = (discord.DiscordServerError, aiohttp.ClientError, TimeoutError, OSError)
 
 Channel = discord.TextChannel | discord.ForumChannel
@@ -76,6 +80,7 @@ class ThreadMaker:
         rendered = render_article(article_of(record), blog_title="")
         name = thread_name(record.title, record.published)
         embed = image_embed(rendered.image_url)
+        started = datetime.now(UTC)
         for attempt in range(ATTEMPTS):
             try:
                 if isinstance(channel, discord.ForumChannel):
@@ -92,7 +97,7 @@ class ThreadMaker:
                 raise ThreadError(forbidden_text(channel, exc)) from exc
             except (UncertainAnswer, *UNCERTAIN) as exc:
                 log.warning("Creating the thread for %s failed (%s); looking", record.url, exc)
-                found = await self.find(channel, record)
+                found = await self.find(channel, record, since=started)
                 if found is not None:
                     return found
                 await asyncio.sleep(self.retry_delay * (attempt + 1))
@@ -121,13 +126,38 @@ class ThreadMaker:
                 await asyncio.sleep(self.retry_delay * (attempt + 1))
         raise ThreadError("Discord kept failing while creating a thread.")
 
-    async def find(self, channel: Channel, record: ArticleRecord) -> tuple[int, int] | None:
-        """The thread a lost answer may have created for ``record``, if there is one."""
+    async def messages_since(
+        self, channel: discord.abc.Messageable, since: datetime
+    ) -> list[discord.Message]:
+        """Every message posted after ``since``, oldest first, one paced request a page.
+
+        Settling reads from the intent's time on, not just the latest page: in a
+        busy channel members may have posted more than a page since the send.
+        """
+        after: discord.abc.Snowflake = discord.Object(id=discord.utils.time_snowflake(since))
+        found: list[discord.Message] = []
+        while len(found) < MAX_SETTLE_MESSAGES:
+            async with self.pacer:
+                page = [
+                    m
+                    async for m in channel.history(
+                        limit=HISTORY_WINDOW, after=after, oldest_first=True
+                    )
+                ]
+            found += page
+            if len(page) < HISTORY_WINDOW:
+                break
+            after = page[-1]
+        return found
+
+    async def find(
+        self, channel: Channel, record: ArticleRecord, *, since: datetime | None = None
+    ) -> tuple[int, int] | None:
+        """The thread a lost answer may have created for ``record`` after ``since``."""
         if isinstance(channel, discord.ForumChannel):
             return await self._find_forum_post(channel, record)
-        async with self.pacer:  # one page: one request
-            recent = [m async for m in channel.history(limit=HISTORY_WINDOW)]
-        for message in recent:
+        start = (since or datetime.now(UTC)) - SETTLE_MARGIN
+        for message in await self.messages_since(channel, start):
             if message.author.id == self.me and is_article_message(message.content, record):
                 name = thread_name(record.title, record.published)
                 return await self.thread_from(message, name), message.id
@@ -154,7 +184,7 @@ class ThreadMaker:
                     starter = await thread.fetch_message(thread.id)
             except discord.NotFound:
                 continue
-            if starter.author.id == self.me and record.url in starter.content:
+            if starter.author.id == self.me and is_article_message(starter.content, record):
                 return thread.id, starter.id
         return None
 
@@ -249,7 +279,15 @@ def image_embed(image_url: str | None) -> discord.Embed | None:
 
 
 def is_article_message(content: str, record: ArticleRecord) -> bool:
-    return record.url in content and permalink_in(content) is None
+    """Exactly this article's message: its last line is the article's own link line.
+
+    Matching the URL anywhere would also take another article whose excerpt links
+    to this one (or ``?p=12`` for ``?p=1``).
+    """
+    rendered = render_article(article_of(record), blog_title="")
+    footer = rendered.content.rstrip().splitlines()[-1]
+    lines = content.rstrip().splitlines()
+    return bool(lines) and lines[-1] == footer and permalink_in(content) is None
 
 
 def forbidden_text(

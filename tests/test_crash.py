@@ -217,16 +217,18 @@ async def test_sigterm_stops_cleanly_and_restart_finishes(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "wait_for"),
+    ("path", "wait_for", "chatter"),
     [
         # Killed after Discord made the comment message, before the bot recorded it.
-        (r"/channels/\d+/messages", "message"),
+        (r"/channels/\d+/messages", "message", 0),
+        # The same, and members post 150 messages in the thread before the restart.
+        (r"/channels/\d+/messages", "message", 150),
         # Killed after Discord made the forum post, before the bot recorded the thread.
-        (r"/channels/\d+/threads", "thread"),
+        (r"/channels/\d+/threads", "thread", 0),
     ],
 )
 async def test_kill_between_discord_answer_and_record(
-    world: World, path: str, wait_for: str
+    world: World, path: str, wait_for: str, chatter: int
 ) -> None:
     """SIGKILL while Discord's answer is held back: the restart adopts what was made."""
     fault = world.double.inject_fault("delay_after_commit", path, method="POST", delay=30, times=1)
@@ -241,6 +243,9 @@ async def test_kill_between_discord_answer_and_record(
         assert len(world.comment_numbers()) == 1
     await world.kill_bot()
     world.double.clear_faults()
+    [thread] = world.double.threads(world.forum.id)
+    for n in range(chatter):
+        world.double.post_message(int(thread["id"]), f"member chatter {n}")
     await world.start_bot()
     await world.wait_for_comments(COMMENTS)
     await asyncio.sleep(0.5)

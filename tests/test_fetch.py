@@ -536,6 +536,7 @@ def test_error_messages_hide_credentials() -> None:
         "http://[fc00::1]/",
         "http://[ff02::1]/",
         "http://[2002:7f00:1::]/",
+        "http://[fec0::1]/",
     ],
 )
 def test_hop_check_refuses_private_literals(url: str) -> None:
