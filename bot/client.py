@@ -76,6 +76,7 @@ class BlogMirrorBot(commands.Bot):
         )
         self._cycle_locks: dict[int, asyncio.Lock] = {}
         self._active_cycles: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -95,6 +96,7 @@ class BlogMirrorBot(commands.Bot):
         A cycle cancelled mid-send leaves its intent open; the next start
         settles it from the thread, so nothing is lost or sent twice.
         """
+        self._closing = True  # no new cycle starts from here on
         current = asyncio.current_task()
         pending = [t for t in self._active_cycles if t is not current and not t.done()]
         for task in pending:
@@ -127,6 +129,8 @@ class BlogMirrorBot(commands.Bot):
         subscription (``/blog status``) and, on a state change, told to the
         guild's log channel.
         """
+        if self._closing:
+            return CycleResult(None, None, "The bot is stopping.")
         task = asyncio.current_task()
         if task is not None:
             self._active_cycles.add(task)
