@@ -27,7 +27,6 @@ class SubscriptionRepo:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._validators: dict[tuple[int, str], HttpValidators | None] = {}
         self._successes: dict[int, tuple[str, str, str, int]] = {}
         self._success_flush: asyncio.Future[None] | None = None
 
@@ -273,8 +272,6 @@ class SubscriptionRepo:
     async def delete(self, subscription_id: int) -> None:
         async with self.db.write() as conn:
             await conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
-        for key in [k for k in self._validators if k[0] == subscription_id]:
-            del self._validators[key]
 
     async def counts(self, subscription_id: int) -> SubscriptionCounts:
         async with self.db.conn.execute(
@@ -298,20 +295,15 @@ class SubscriptionRepo:
     # --- HTTP validators -------------------------------------------------------------
 
     async def validators(self, subscription_id: int, url: str) -> HttpValidators | None:
-        """The stored validators, read through a cache: they are needed before every
-        fetch, and only this repository writes them."""
-        key = (subscription_id, url)
-        if key in self._validators:
-            return self._validators[key]
+        """The stored validators; read before every fetch, so in one round trip
+        (``execute_fetchall``, where execute + fetchone + close would be three)."""
         rows = await self.db.conn.execute_fetchall(
             "SELECT etag, last_modified, body_hash FROM http_cache "
             "WHERE subscription_id = ? AND url = ?",
             (subscription_id, url),
         )
         row = next(iter(rows), None)
-        found = HttpValidators(row[0], row[1], row[2]) if row else None
-        self._validators[key] = found
-        return found
+        return HttpValidators(row[0], row[1], row[2]) if row else None
 
     async def store_validators(
         self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
@@ -334,7 +326,6 @@ class SubscriptionRepo:
                 to_db_time(now),
             ),
         )
-        self._validators[(subscription_id, url)] = validators
 
     # --- guild settings --------------------------------------------------------------
 
