@@ -122,8 +122,14 @@ class Mirror:
         """Create threads for pending articles, post pending comments, apply edits."""
         summary = DeliverySummary()
         channel = await self._channel(sub)
+        failures: list[DeliveryError] = []
         for record in await self.articles.list_by_state(sub.id, ArticleState.PENDING):
-            await self._ensure_thread(sub, channel, record, summary)
+            try:
+                await self._ensure_thread(sub, channel, record, summary)
+            except DeliveryError as exc:
+                # One article Discord refuses must not hold back the others.
+                log.warning("No thread for %s: %s", record.url, exc)
+                failures.append(exc)
         article_ids = set(await self.comments.articles_with_pending(sub.id))
         article_ids |= {c.article_id for c in await self.comments.needing_edit(sub.id)}
         total = await self._pending_comment_count(sub)
@@ -139,11 +145,13 @@ class Mirror:
         )
         for result in results:
             if isinstance(result, DeliveryError):
-                raise result
-            if isinstance(result, BaseException):
+                failures.append(result)
+            elif isinstance(result, BaseException):
                 raise result
         for record in await self.articles.needing_edit(sub.id):
             await self._edit_article(channel, record, summary)
+        if failures:
+            raise failures[0]
         return summary
 
     async def deliver_one(
