@@ -27,6 +27,7 @@ class ResyncResult:
     article: ArticleRecord
     new_comments: int
     delivery: DeliverySummary
+    comments_error: str | None = None
 
 
 def url_variants(url: str) -> list[str]:
@@ -91,20 +92,26 @@ class Resyncer:
     ) -> ResyncResult:
         """Create the thread if missing and post every comment not yet mirrored."""
         new_comments = 0
+        comments_error: str | None = None
         delivery = DeliverySummary()
         for _ in range(2):  # a second round when the thread turns out to be gone
             await self._make_deliverable(record)
             fresh = await self.articles.get(record.id)
             assert fresh is not None
             if fresh.comments_feed_url and sub.mirror_comments:
-                summary = await self.ingestor.fetch_article_comments(sub, fresh)
-                new_comments += summary.new_comments
+                try:
+                    summary = await self.ingestor.fetch_article_comments(sub, fresh)
+                    new_comments += summary.new_comments
+                except FeedError as exc:
+                    # The thread is still made complete with what is known; the
+                    # moderator is told the article's own feed could not be read.
+                    comments_error = str(exc)
                 await self.comments.prepare_resync(fresh.id, new_thread=False)
             delivery = await self.mirror.deliver_one(sub, fresh.id, progress=progress)
             record = await self.articles.get(record.id) or record
             if record.state != ArticleState.DETACHED:
                 break
-        return ResyncResult(sub, record, new_comments, delivery)
+        return ResyncResult(sub, record, new_comments, delivery, comments_error)
 
     async def _make_deliverable(self, record: ArticleRecord) -> None:
         if record.state == ArticleState.DETACHED:

@@ -368,6 +368,11 @@ class BlogCommands(
             content=(
                 f"✅ **{title}**: {made}{where}; posted {delivery.comments_posted} "
                 f"comment(s) that were missing{fresh}."
+                + (
+                    f"\n⚠️ Its comments feed could not be read: {result.comments_error}"
+                    if result.comments_error
+                    else ""
+                )
             )
         )
 

@@ -297,3 +297,18 @@ async def test_one_feed_in_two_channels_is_never_confused(harness: Harness) -> N
         for s in await harness.bot.subscriptions.list_for_guild(harness.guild_id)
     }
     assert states == {harness.forum_id: "active", harness.text_id: "paused"}
+
+
+async def test_resync_with_an_unreadable_comments_feed_says_so(harness: Harness) -> None:
+    """The thread is still made; the answer says the article's comments feed failed."""
+    url = serve_seed(harness)
+    harness.feeds.route(PER_POST, b"down", status=503)
+    record = await harness.subscribe(url, harness.forum_id, backfill=0)
+    await record.wait_for(lambda r: "Done." in text_of(r))
+    article_url = (
+        "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
+    )
+    resync = await finished(await command(harness, "resync", article_url=article_url))
+    assert "created its thread" in text_of(resync)
+    assert "comments feed could not be read" in text_of(resync) and "503" in text_of(resync)
+    assert len(harness.double.threads(harness.forum_id)) == 1
