@@ -37,6 +37,7 @@ from typing import Literal
 from bot.errors import FeedError, PermanentFeedError
 from bot.fetch import Fetcher
 from bot.models import Article, Comment, Dialect, ParsedFeed
+from bot.paging import feed_pages
 from bot.parse import parse_feed
 from storage import ArticleRepo, CommentRepo, SubscriptionRepo
 from storage.articles import KnownEntry
@@ -139,18 +140,10 @@ class Ingestor:
         self, sub: Subscription, matches: Callable[[Article], bool], *, max_pages: int = 20
     ) -> Article | None:
         """Page back through the posts feed (``rel="next"``) for an article."""
-        url: str | None = sub.feed_url
-        seen: set[str] = set()
-        while url and url not in seen and len(seen) < max_pages:
-            seen.add(url)
-            result = await self.fetcher.fetch(url)
-            if result.body is None:
-                return None
-            page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="posts")
+        async for page in feed_pages(self.fetcher, sub.feed_url, kind="posts", max_pages=max_pages):
             for article in page.articles:
                 if matches(article):
                     return article
-            url = page.next_url
         return None
 
     async def record_article(self, sub: Subscription, article: Article) -> None:
@@ -170,19 +163,16 @@ class Ingestor:
     ) -> PollSummary:
         """Read one article's own comments feed, every page, and store what is new."""
         summary = PollSummary()
-        url = article.comments_feed_url
-        seen: set[str] = set()
-        while url and url not in seen and len(seen) < max_pages:
-            seen.add(url)
+        pages = feed_pages(
+            self.fetcher,
+            article.comments_feed_url,
+            kind="comments",
+            article_id=article.entry_id,
+            max_pages=max_pages,
+        )
+        async for page in pages:
             summary.requests += 1
-            result = await self.fetcher.fetch(url)
-            if result.body is None:
-                break
-            page = await asyncio.to_thread(
-                parse_feed, result.body, result.url, kind="comments", article_id=article.entry_id
-            )
             await self._record_comments(sub, page.comments, summary)
-            url = page.next_url
         return summary
 
     # --- fetching ----------------------------------------------------------------------

@@ -31,6 +31,7 @@ from bot.errors import BlogMirrorError, FeedError
 from bot.fetch import Fetcher, create_session
 from bot.models import Article, Comment, ParsedFeed
 from bot.order import delivery_order, depth_of
+from bot.paging import feed_pages
 from bot.parse import parse_feed
 from bot.render import render_article, render_comment, thread_name
 from bot.settings import Settings
@@ -107,26 +108,18 @@ async def load_remote(url: str, settings: Settings, articles: int) -> Blog:
 
 
 async def _load_comments(fetcher: Fetcher, blog: Blog, article: Article) -> None:
-    url: str | None = article.comments_feed_url
-    seen: set[str] = set()
-    while url and url not in seen and len(seen) < MAX_COMMENT_PAGES:
-        seen.add(url)
-        try:
-            result = await fetcher.fetch(url)
-        except FeedError as exc:
-            blog.notes.append(f"comments of “{article.title}”: {exc}")
-            return
-        if result.body is None:
-            return
-        try:
-            page = await asyncio.to_thread(
-                parse_feed, result.body, result.url, kind="comments", article_id=article.id
-            )
-        except FeedError as exc:
-            blog.notes.append(f"comments of “{article.title}”: {exc}")
-            return
-        blog.add(page)
-        url = page.next_url
+    pages = feed_pages(
+        fetcher,
+        article.comments_feed_url,
+        kind="comments",
+        article_id=article.id,
+        max_pages=MAX_COMMENT_PAGES,
+    )
+    try:
+        async for page in pages:
+            blog.add(page)
+    except FeedError as exc:
+        blog.notes.append(f"comments of “{article.title}”: {exc}")
 
 
 def newest(articles: Iterable[Article], count: int) -> list[Article]:

@@ -1,0 +1,37 @@
+"""Following a feed's ``rel="next"`` pages, shared by resync, catch-up and preview."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from bot.fetch import Fetcher
+from bot.models import ParsedFeed
+from bot.parse import parse_feed
+
+
+async def feed_pages(
+    fetcher: Fetcher,
+    url: str | None,
+    *,
+    kind: Literal["posts", "comments"],
+    article_id: str | None = None,
+    max_pages: int,
+) -> AsyncIterator[ParsedFeed]:
+    """Each page of a feed, parsed off the event loop, fetched only when asked for.
+
+    Stops at the last page, at a page seen before (a ``next`` loop) or after
+    ``max_pages``; a failing page raises ``FeedError`` like any fetch.
+    """
+    seen: set[str] = set()
+    while url and url not in seen and len(seen) < max_pages:
+        seen.add(url)
+        result = await fetcher.fetch(url)
+        if result.body is None:
+            return
+        page = await asyncio.to_thread(
+            parse_feed, result.body, result.url, kind=kind, article_id=article_id
+        )
+        yield page
+        url = page.next_url
