@@ -141,9 +141,13 @@ async def test_one_refused_article_does_not_hold_back_the_others(harness: Harnes
     """Discord refusing one forum post: the other articles are mirrored, the refused one later."""
     total = serve(harness, articles=3, per_article=2)
     harness.double.inject_fault("error_before", FORUM_POSTS, method="POST", status=400, times=1)
-    await harness.subscribe(harness.feeds.url("/feeds/posts/default"), harness.forum_id, backfill=3)
-    await harness.wait_for(lambda: len(harness.double.threads(harness.forum_id)) == 2)
-    await harness.wait_for(lambda: sum(numbers(harness).values()) == 4)
+    record = await harness.subscribe(
+        harness.feeds.url("/feeds/posts/default"), harness.forum_id, backfill=3
+    )
+    # The final answer comes after the whole first delivery, failure recorded.
+    await record.wait_for(lambda r: any("refused" in c for c in r.contents))
+    assert len(harness.double.threads(harness.forum_id)) == 2
+    assert sum(numbers(harness).values()) == 4
     [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
     assert sub.consecutive_failures == 1 and "refused" in (sub.last_error or "")
     await backfill_poll(harness)
