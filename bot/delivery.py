@@ -131,7 +131,7 @@ class Mirror:
                 log.warning("No thread for %s: %s", record.url, exc)
                 failures.append(exc)
         article_ids = set(await self.comments.articles_with_pending(sub.id))
-        article_ids |= {c.article_id for c in await self.comments.needing_edit(sub.id)}
+        article_ids |= set(await self.comments.articles_needing_edit(sub.id))
         total = await self._pending_comment_count(sub)
         counter = _Counter(total, progress)
         gate = asyncio.Semaphore(THREAD_CONCURRENCY)
@@ -445,8 +445,8 @@ class Mirror:
     async def _apply_comment_edits(
         self, record: ArticleRecord, thread: discord.Thread, summary: DeliverySummary
     ) -> None:
-        for comment in await self.comments.needing_edit(record.subscription_id):
-            if comment.article_id != record.id or comment.message_id is None:
+        for comment in await self.comments.needing_edit(record.id):
+            if comment.message_id is None:
                 continue
             parts = render_comment(comment_of(comment, record.entry_id))
             ids = [comment.message_id, *comment.extra_message_ids]

@@ -157,8 +157,9 @@ class ThreadMaker:
         if isinstance(channel, discord.ForumChannel):
             return await self._find_forum_post(channel, record)
         start = (since or datetime.now(UTC)) - SETTLE_MARGIN
+        footer = article_footer(record)
         for message in await self.messages_since(channel, start):
-            if message.author.id == self.me and is_article_message(message.content, record):
+            if message.author.id == self.me and is_article_message(message.content, footer):
                 name = thread_name(record.title, record.published)
                 return await self.thread_from(message, name), message.id
         return None
@@ -178,13 +179,14 @@ class ThreadMaker:
             async for archived in forum.archived_threads(limit=HISTORY_WINDOW):
                 if archived.owner_id == self.me and archived.name == name:
                     candidates.append(archived)
+        footer = article_footer(record)
         for thread in sorted(candidates, key=lambda t: t.id):
             try:
                 async with self.pacer:
                     starter = await thread.fetch_message(thread.id)
             except discord.NotFound:
                 continue
-            if starter.author.id == self.me and is_article_message(starter.content, record):
+            if starter.author.id == self.me and is_article_message(starter.content, footer):
                 return thread.id, starter.id
         return None
 
@@ -278,14 +280,18 @@ def image_embed(image_url: str | None) -> discord.Embed | None:
     return discord.Embed().set_image(url=image_url)
 
 
-def is_article_message(content: str, record: ArticleRecord) -> bool:
-    """Exactly this article's message: its last line is the article's own link line.
+def article_footer(record: ArticleRecord) -> str:
+    """The last line of the article's message: its own link line."""
+    rendered = render_article(article_of(record), blog_title="")
+    return rendered.content.rstrip().splitlines()[-1]
+
+
+def is_article_message(content: str, footer: str) -> bool:
+    """Exactly this article's message: its last line is ``footer``.
 
     Matching the URL anywhere would also take another article whose excerpt links
     to this one (or ``?p=12`` for ``?p=1``).
     """
-    rendered = render_article(article_of(record), blog_title="")
-    footer = rendered.content.rstrip().splitlines()[-1]
     lines = content.rstrip().splitlines()
     return bool(lines) and lines[-1] == footer and permalink_in(content) is None
 

@@ -362,10 +362,20 @@ class CommentRepo:
         ) as cursor:
             return [row[0] async for row in cursor]
 
-    async def needing_edit(self, subscription_id: int) -> list[CommentRecord]:
+    async def articles_needing_edit(self, subscription_id: int) -> list[int]:
+        """Ids of the articles with a comment message to edit."""
         async with self.db.conn.execute(
-            "SELECT * FROM comments WHERE subscription_id = ? AND needs_edit = 1 ORDER BY id",
+            "SELECT DISTINCT article_id FROM comments "
+            "WHERE subscription_id = ? AND needs_edit = 1 ORDER BY article_id",
             (subscription_id,),
+        ) as cursor:
+            return [row[0] async for row in cursor]
+
+    async def needing_edit(self, article_id: int) -> list[CommentRecord]:
+        """One article's comments whose Discord messages must be edited."""
+        async with self.db.conn.execute(
+            "SELECT * FROM comments WHERE article_id = ? AND needs_edit = 1 ORDER BY id",
+            (article_id,),
         ) as cursor:
             return [CommentRecord.from_row(row) async for row in cursor]
 
