@@ -82,6 +82,10 @@ class Harness:
     def thread_messages(self, parent_id: int) -> list[list[dict[str, Any]]]:
         return [self.double.messages(int(t["id"])) for t in self.double.threads(parent_id)]
 
+    async def wait_for_thread_messages(self, parent_id: int, count: int) -> None:
+        """Until the threads under ``parent_id`` hold ``count`` messages in all."""
+        await self.wait_for(lambda: sum(map(len, self.thread_messages(parent_id))) >= count)
+
 
 @contextlib.asynccontextmanager
 async def running_bot(

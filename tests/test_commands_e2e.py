@@ -63,7 +63,7 @@ def text_of(record: Any) -> str:
 async def subscribed(harness: Harness) -> str:
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     return url
 
 

@@ -49,7 +49,7 @@ async def test_subscribe_seed_into_a_forum(harness: Harness) -> None:
     url = serve_seed(harness)
     record = await harness.subscribe(url, harness.forum_id)
     assert record.ephemeral
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     [thread] = harness.double.threads(harness.forum_id)
     assert thread["name"] == TITLE
     # The article's labels are CRC and HMI Probation; the forum has tags CRC and News.
@@ -64,7 +64,7 @@ async def test_subscribe_seed_into_a_text_channel(harness: Harness) -> None:
     """In a text channel the article message is posted there and the thread made from it."""
     url = serve_seed(harness)
     await harness.subscribe(url, harness.text_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.text_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.text_id, 8)
     [thread] = harness.double.threads(harness.text_id)
     [starter] = [m for m in harness.double.messages(harness.text_id) if TITLE in m["content"]]
     assert thread["id"] == starter["id"]
@@ -94,7 +94,7 @@ async def test_news_between_polls_is_mirrored_and_removals_edited(harness: Harne
     """A new reply and a new article arrive on the next poll; a removed comment is edited."""
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     _thread_id, before = seed_thread(harness)
     first_comment = before[1]
     seed = (SEED / "comments.atom.xml").read_text()
@@ -132,7 +132,7 @@ async def test_moderator_deleted_message_is_not_mirrored_again(harness: Harness)
     """A comment message a moderator deletes stays deleted across polls."""
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, messages = seed_thread(harness)
     harness.double.delete_message(thread_id, int(messages[2]["id"]), by_moderator=True)
     await harness.wait_for(lambda: len(harness.double.messages(thread_id)) == 7)
@@ -147,7 +147,7 @@ async def test_deleted_thread_is_not_recreated(harness: Harness) -> None:
     """A thread a moderator deletes is not re-created by later polls, even with new comments."""
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, _ = seed_thread(harness)
     harness.double.delete_thread(thread_id)
     await asyncio.sleep(0.2)
@@ -186,7 +186,7 @@ async def test_forum_requiring_a_tag_gets_its_first_tag(harness: Harness) -> Non
     )
     await asyncio.sleep(0.2)
     await harness.subscribe(serve_seed(harness), forum.id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(forum.id))) >= 8)
+    await harness.wait_for_thread_messages(forum.id, 8)
     [thread] = harness.double.threads(forum.id)
     tags = {t["id"]: t["name"] for t in harness.double.channel(forum.id)["available_tags"]}
     assert [tags[t] for t in thread["applied_tags"]] == ["Zeta"]
@@ -195,7 +195,7 @@ async def test_forum_requiring_a_tag_gets_its_first_tag(harness: Harness) -> Non
 async def test_archived_thread_is_reopened_by_the_next_comment(harness: Harness) -> None:
     """A comment arriving for an archived thread is posted and the thread is open again."""
     await harness.subscribe(serve_seed(harness), harness.forum_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, _ = seed_thread(harness)
     harness.double.archive_thread(thread_id)
     await asyncio.sleep(0.2)
@@ -212,7 +212,7 @@ async def test_locked_thread_gets_nothing_and_says_why_in_the_log(
     """New comments for a locked thread wait; the log says the thread is locked."""
     caplog.set_level("INFO", logger="bot.delivery")
     await harness.subscribe(serve_seed(harness), harness.forum_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, _ = seed_thread(harness)
     harness.double.lock_thread(thread_id)
     await asyncio.sleep(0.2)
@@ -227,7 +227,7 @@ async def test_a_deleted_channel_marks_the_subscription_failing(harness: Harness
     text = harness.double.add_text_channel(harness.guild_id, "doomed")
     await asyncio.sleep(0.2)
     await harness.subscribe(serve_seed(harness), text.id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(text.id))) >= 8)
+    await harness.wait_for_thread_messages(text.id, 8)
     harness.double.delete_channel(text.id)
     await asyncio.sleep(0.2)
     comments_page(harness, [GenComment(63, at(5000), "Anyone?")])
@@ -243,7 +243,7 @@ async def test_a_deleted_channel_marks_the_subscription_failing(harness: Harness
 async def test_changed_article_in_an_archived_post_is_edited(harness: Harness) -> None:
     """An article edited on the blog updates its archived forum post without an error."""
     await harness.subscribe(serve_seed(harness), harness.forum_id)
-    await harness.wait_for(lambda: sum(map(len, harness.thread_messages(harness.forum_id))) >= 8)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, messages = seed_thread(harness)
     harness.double.archive_thread(thread_id)
     await asyncio.sleep(0.2)
