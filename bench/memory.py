@@ -64,7 +64,7 @@ from bot.models import ParsedFeed
 from bot.parse import parse_feed
 from bot.polling import Poller, PollOutcome
 from bot.settings import DEFAULTS
-from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
+from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.records import (
     ArticleState,
     CommentState,
@@ -72,6 +72,7 @@ from storage.records import (
     Subscription,
     to_db_time,
 )
+from tests.recording import record_comment, record_thread
 
 BUDGET_MB = 150.0
 POSTS = 5  # articles per blog, all mirrored
@@ -163,6 +164,7 @@ async def _build(path: Path, port: int, subscriptions: int, per_blog: int) -> No
     db = await Database.open(path)
     try:
         subs, articles, comments = SubscriptionRepo(db), ArticleRepo(db), CommentRepo(db)
+        outbox = Outbox(db)
         now = datetime.now(UTC)
         message_id = 1_200_000_000_000_000_000  # Discord snowflakes, counted up
         parsed: dict[int, tuple[bytes, bytes, ParsedFeed, ParsedFeed]] = {}
@@ -212,13 +214,11 @@ async def _build(path: Path, port: int, subscriptions: int, per_blog: int) -> No
             )
             for entry in known.values():
                 message_id += 1
-                await articles.mark_posted(
-                    entry.row_id, thread_id=message_id, starter_message_id=message_id
-                )
+                await record_thread(outbox, sub.id, entry.row_id, message_id)
             stored = await comments.known(sub.id, [c.id for c in parsed_comments.comments])
             for entry in stored.values():
                 message_id += 1
-                await comments.mark_posted(entry.row_id, message_id)
+                await record_comment(outbox, sub.id, entry.row_id, message_id)
             for url, body in ((feed_url, posts_body), (comments_url, page)):
                 validators = HttpValidators(ETAG, LAST_MODIFIED, hashlib.sha256(body).hexdigest())
                 await subs.store_validators(sub.id, url, validators, now=now)

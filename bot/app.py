@@ -7,11 +7,14 @@ import logging
 import signal
 from collections.abc import Callable
 
+import aiohttp
 import discord
 
 from bot.client import BlogMirrorBot
+from bot.discord_rest import DiscordRest
 from bot.errors import BlogMirrorError
 from bot.fetch import Fetcher, create_session
+from bot.pacing import Pacer
 from bot.settings import Settings
 from storage import Database, DatabaseTooNewError
 
@@ -25,9 +28,15 @@ async def run_bot(settings: Settings) -> None:
     except DatabaseTooNewError as exc:
         raise BlogMirrorError(str(exc)) from None
     try:
-        async with create_session(allow_private=settings.allow_private_addresses) as session:
+        async with (
+            create_session(allow_private=settings.allow_private_addresses) as session,
+            aiohttp.ClientSession() as discord_session,
+        ):
             fetcher = Fetcher.from_settings(session, settings)
-            bot = BlogMirrorBot(settings=settings, db=db, fetcher=fetcher)
+            # Discord's own address, never a feed's: a session of its own, without
+            # the feed fetcher's address guard.
+            rest = DiscordRest(discord_session, token=settings.discord_token, pacer=Pacer())
+            bot = BlogMirrorBot(settings=settings, db=db, fetcher=fetcher, rest=rest)
             stop = _install_signal_handlers(bot)
             try:
                 async with bot:

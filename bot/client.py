@@ -11,6 +11,7 @@ import discord
 from discord.ext import commands
 
 from bot.delivery import DeliveryError, DeliverySummary, Mirror, Progress
+from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher
 from bot.ingest import Ingestor
 from bot.polling import HealthChange, Poller, PollOutcome
@@ -18,7 +19,7 @@ from bot.render import escape_text
 from bot.resync import Resyncer
 from bot.service import BlogService
 from bot.settings import Settings
-from storage import ArticleRepo, CommentRepo, Database, IntentRepo, SubscriptionRepo
+from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.records import Subscription, SubscriptionState
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,13 @@ class BlogMirrorBot(commands.Bot):
     """The bot. Everything long-lived is created in ``main()`` and passed in."""
 
     def __init__(
-        self, *, settings: Settings, db: Database, fetcher: Fetcher, **options: Any
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        fetcher: Fetcher,
+        rest: DiscordRest,
+        **options: Any,
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -57,11 +64,11 @@ class BlogMirrorBot(commands.Bot):
         self.subscriptions = SubscriptionRepo(db)
         self.articles = ArticleRepo(db)
         self.comments = CommentRepo(db)
-        self.intents_repo = IntentRepo(db)
+        self.outbox = Outbox(db)
         self.ingestor = Ingestor(fetcher, self.subscriptions, self.articles, self.comments)
         self.poller = Poller(self.ingestor, self.subscriptions)
         self.mirror = Mirror(
-            self, self.subscriptions, self.articles, self.comments, self.intents_repo
+            self, rest, self.subscriptions, self.articles, self.comments, self.outbox
         )
         self.service = BlogService(
             fetcher,
@@ -103,7 +110,6 @@ class BlogMirrorBot(commands.Bot):
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=10)
-        await self.mirror.close()
         await super().close()
 
     async def on_ready(self) -> None:

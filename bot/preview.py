@@ -140,7 +140,7 @@ def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
         by_article.setdefault(comment.article_id, []).append(comment)
     shown = newest(blog.articles.values(), articles)
     for article in shown:
-        lines += format_thread(article, by_article.pop(article.id, []))
+        lines += format_thread(article, by_article.pop(article.id, []), blog_title=blog.title)
     if len(blog.articles) > len(shown):
         lines.append("")
         lines.append(
@@ -154,8 +154,10 @@ def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_thread(article: Article, comments: Sequence[Comment]) -> list[str]:
-    rendered = render_article(article, blog_title="")
+def format_thread(
+    article: Article, comments: Sequence[Comment], *, blog_title: str = ""
+) -> list[str]:
+    rendered = render_article(article, blog_title=blog_title)
     zone = article.published.tzinfo
     lines = ["", f"=== Thread: {thread_name(article.title, article.published)}", ""]
     lines.append("--- article message")

@@ -5,13 +5,18 @@ through :mod:`bot.markdown`, which makes it safe; the markup added here (bold na
 timestamps, links) is the only live formatting in a message. Long text is split into
 messages here too, where Discord's 2,000-character limit is known.
 
-A comment's first message starts with a fixed header line that carries its permalink.
-:func:`permalink_in` reads it back, which is how an unfinished send is settled at
-start-up: the bot's own messages in a thread say which comments they show.
+A comment's first message starts with a fixed header line that carries its permalink,
+and every message of a comment ends with a small key line (``-# ref k3f9a2b71c``, or
+``… · part 2``) naming that one comment: :func:`key_in` reads it back, which is how
+an unfinished send is settled after a crash. The key is derived from the
+subscription and the comment's entry id, so two comments sharing a permalink (or
+having none) are still told apart.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import re
 from bisect import bisect_right
@@ -27,9 +32,12 @@ from bot.models import Article, Comment
 __all__ = [
     "MESSAGE_LIMIT",
     "RenderedArticle",
+    "comment_key",
     "discord_timestamp",
     "escape_text",
     "html_to_markdown",
+    "key_in",
+    "key_line",
     "permalink_in",
     "render_article",
     "render_comment",
@@ -64,6 +72,8 @@ _MENTION_WORD = re.compile(r"@(?:everyone|here)", re.IGNORECASE)
 _PLAIN_LABEL = "permalink"
 _ESCAPED_LABEL = "permalink (escaped)"
 _ESCAPED_SAFE = "/:?#=&;,+!$'~-._"
+_KEY_LINE = re.compile(r"-# ref (?P<key>[a-z2-7]{10})(?: · part (?P<part>[1-9][0-9]?))?")
+KEY_LINE_CHARS = len("\n-# ref 0123456789 · part 10")
 _HEADER = re.compile(
     r"\*\*(?:\\.|[^\\*\n])+\*\* · <t:-?\d+:f> · "
     r"\[(?P<label>permalink(?: \(escaped\))?)\]\(<(?P<url>[^<>\n]*)>\)"
@@ -128,22 +138,26 @@ def render_article(article: Article, *, blog_title: str) -> RenderedArticle:
     )
 
 
-def render_comment(comment: Comment, *, parent_missing: bool = False) -> list[str]:
+def render_comment(
+    comment: Comment, *, key: str | None = None, parent_missing: bool = False
+) -> list[str]:
     """A comment's messages; the first carries the header and is the one replies point at.
 
-    A removed comment shows the header and a note only, so editing its message
+    With ``key`` (:func:`comment_key`) each message ends with its key line. A
+    removed comment shows the header and a note only, so editing its message
     takes the removed text out of Discord too.
     """
     header = _comment_header(comment)
     if comment.removed:
-        return [f"{header}\n{REMOVED_NOTE}"]
+        return _keyed([f"{header}\n{REMOVED_NOTE}"], key)
     lead = f"{header}\n{ORPHAN_NOTE}\n" if parent_missing else f"{header}\n"
     body = html_to_markdown(comment.html, base_url=safe_url(comment.permalink))
     if not body:
-        return [lead + EMPTY_NOTE]
+        return _keyed([lead + EMPTY_NOTE], key)
+    room = MESSAGE_LIMIT - (KEY_LINE_CHARS if key else 0)
 
     def budget_of(index: int) -> int:
-        budget = MESSAGE_LIMIT - len(lead) if index == 0 else MESSAGE_LIMIT
+        budget = room - len(lead) if index == 0 else room
         if index == MAX_COMMENT_PARTS - 1:
             budget -= len(TRUNCATED_NOTE) + 1
         return budget
@@ -153,7 +167,38 @@ def render_comment(comment: Comment, *, parent_missing: bool = False) -> list[st
         parts = parts[:MAX_COMMENT_PARTS]
         parts[-1] += "\n" + TRUNCATED_NOTE
     parts[0] = lead + parts[0]
-    return parts
+    return _keyed(parts, key)
+
+
+def comment_key(subscription_id: int, entry_id: str) -> str:
+    """Ten characters naming one comment of one subscription (50 bits of a hash).
+
+    Derived, not stored: settling after a crash computes the key of each open
+    intent's comment and looks for it in the thread.
+    """
+    name = f"{subscription_id}\n{entry_id}".encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(name, digest_size=8, person=b"blogmirror").digest()
+    return base64.b32encode(digest).decode("ascii").lower()[:10]
+
+
+def key_line(key: str, part: int) -> str:
+    """The small last line of a comment's message ``part`` (0-based)."""
+    return f"-# ref {key}" if part == 0 else f"-# ref {key} · part {part + 1}"
+
+
+def key_in(content: str) -> tuple[str, int] | None:
+    """``(key, part)`` from a message :func:`render_comment` made with a key, else None."""
+    last = content.rstrip("\n").rsplit("\n", 1)[-1]
+    match = _KEY_LINE.fullmatch(last)
+    if match is None:
+        return None
+    return match["key"], int(match["part"] or 1) - 1
+
+
+def _keyed(parts: list[str], key: str | None) -> list[str]:
+    if key is None:
+        return parts
+    return [f"{text}\n{key_line(key, index)}" for index, text in enumerate(parts)]
 
 
 def permalink_in(content: str) -> str | None:

@@ -114,7 +114,7 @@ class Resyncer:
         return ResyncResult(sub, record, new_comments, delivery, comments_error)
 
     async def _make_deliverable(self, record: ArticleRecord) -> None:
+        """A thread again for an article without one; items Discord refused are retried."""
         if record.state == ArticleState.DETACHED:
             await self.comments.prepare_resync(record.id, new_thread=True)
-        if record.state in (ArticleState.DETACHED, ArticleState.SKIPPED):
-            await self.articles.set_state(record.id, ArticleState.PENDING)
+        await self.articles.make_deliverable(record.id)

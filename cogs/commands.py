@@ -186,6 +186,11 @@ class BlogCommands(
             if result.error is None
             else f"⚠️ {describe_error(BlogMirrorError(result.error))}"
         )
+        if result.delivery is not None and result.delivery.set_aside:
+            final += (
+                f"\n⚠️ Discord refused {result.delivery.set_aside} item(s); they are set "
+                "aside (see `/blog status`)."
+            )
         await interaction.edit_original_response(content="\n".join([*lines, final]))
 
     @app_commands.command(name="unsubscribe", description="Stop mirroring a blog (threads stay)")
@@ -265,6 +270,17 @@ class BlogCommands(
             value=f"{counts.pending_articles} articles, {counts.pending_comments} comments",
         )
         embed.add_field(name="Consecutive failures", value=str(sub.consecutive_failures))
+        if counts.set_aside:
+            embed.add_field(
+                name="Set aside",
+                value=_clip(
+                    f"{counts.set_aside} item(s) Discord refused; latest: "
+                    f"{escape_text(counts.latest_refusal or 'no reason given')}. "
+                    "`/blog resync` of the article tries again.",
+                    1024,
+                ),
+                inline=False,
+            )
         if sub.last_error:
             status = f" (HTTP {sub.last_error_status})" if sub.last_error_status else ""
             embed.add_field(

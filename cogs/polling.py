@@ -32,9 +32,11 @@ class PollingCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.scheduler.start()
+        self.janitor.start()
 
     async def cog_unload(self) -> None:
         self.scheduler.cancel()
+        self.janitor.cancel()
         tasks_ = list(self.running.values())
         for task in tasks_:
             task.cancel()
@@ -49,6 +51,16 @@ class PollingCog(commands.Cog):
                     self._start(sub)
         except Exception:
             log.exception("Polling scheduler tick failed")
+
+    @tasks.loop(hours=1)
+    async def janitor(self) -> None:
+        """Prune the outbox's completed intents (kept a day as an audit trail)."""
+        try:
+            pruned = await self.bot.mirror.prune()
+            if pruned:
+                log.debug("Pruned %d completed outbox intent(s)", pruned)
+        except Exception:
+            log.exception("Pruning the outbox failed")
 
     @scheduler.before_loop
     async def _wait_until_ready(self) -> None:

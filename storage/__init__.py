@@ -2,8 +2,8 @@
 
 from storage.articles import ArticleRepo, CommentRepo
 from storage.db import Database
-from storage.intents import IntentRepo
 from storage.migrations import SCHEMA_VERSION, DatabaseTooNewError
+from storage.outbox import Outbox
 from storage.subscriptions import DuplicateSubscriptionError, SubscriptionRepo
 
 __all__ = [
@@ -13,6 +13,6 @@ __all__ = [
     "Database",
     "DatabaseTooNewError",
     "DuplicateSubscriptionError",
-    "IntentRepo",
+    "Outbox",
     "SubscriptionRepo",
 ]

@@ -131,14 +131,6 @@ class ArticleRepo:
             row = await cursor.fetchone()
         return ArticleRecord.from_row(row) if row else None
 
-    async def find_by_url(self, subscription_id: int, url: str) -> ArticleRecord | None:
-        async with self.db.conn.execute(
-            "SELECT * FROM articles WHERE subscription_id = ? AND url = ? ORDER BY id LIMIT 1",
-            (subscription_id, url),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return ArticleRecord.from_row(row) if row else None
-
     async def find_by_urls(
         self, subscription_ids: Iterable[int], urls: Iterable[str]
     ) -> ArticleRecord | None:
@@ -203,31 +195,15 @@ class ArticleRepo:
             row = await cursor.fetchone()
         return from_db_time(row[0]) if row and row[0] else None
 
-    async def set_state(self, article_id: int, state: ArticleState) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                "UPDATE articles SET state = ? WHERE id = ?", (state.value, article_id)
-            )
-
-    async def mark_posted(
-        self, article_id: int, *, thread_id: int, starter_message_id: int | None
-    ) -> None:
+    async def make_deliverable(self, article_id: int) -> None:
+        """``/blog resync``: a skipped, detached or set-aside article gets a thread again."""
         async with self.db.write() as conn:
             await conn.execute(
                 """
-                UPDATE articles
-                SET state = 'posted', thread_id = ?, starter_message_id = ?, needs_edit = 0
-                WHERE id = ?
+                UPDATE articles SET state = 'pending', refusal = NULL, refused_at = NULL
+                WHERE id = ? AND state IN ('skipped', 'detached', 'set_aside')
                 """,
-                (thread_id, starter_message_id, article_id),
-            )
-
-    async def clear_edit(self, article_id: int, content_hash: str) -> None:
-        """The edit for ``content_hash`` is done (a newer change keeps the flag)."""
-        async with self.db.write() as conn:
-            await conn.execute(
-                "UPDATE articles SET needs_edit = 0 WHERE id = ? AND content_hash = ?",
-                (article_id, content_hash),
+                (article_id,),
             )
 
     async def detach_thread(self, thread_id: int) -> ArticleRecord | None:
@@ -426,75 +402,42 @@ class CommentRepo:
         messages went with it are posted again; those a moderator deleted one by
         one stay deleted.
         """
-        states = ["skipped", "posted"] if new_thread else ["skipped"]
+        states = ["skipped", "posted", "set_aside"] if new_thread else ["skipped"]
         async with self.db.write() as conn:
             await conn.execute(
                 """
                 UPDATE comments
                 SET state = 'pending', message_id = NULL, extra_message_ids = '[]',
-                    parts_sent = 0, needs_edit = 0
+                    parts_sent = 0, needs_edit = 0, refusal = NULL, refused_at = NULL
                 WHERE article_id = ? AND state IN (SELECT value FROM json_each(?))
                 """,
                 (article_id, json.dumps(states)),
             )
+            # Items Discord refused are tried again: a set-aside comment goes on
+            # from the parts it has; a refused edit is made again.
+            await conn.execute(
+                """
+                UPDATE comments
+                SET state = CASE WHEN state = 'set_aside' THEN 'pending' ELSE state END,
+                    needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END,
+                    refusal = NULL, refused_at = NULL
+                WHERE article_id = ? AND refusal IS NOT NULL
+                """,
+                (article_id,),
+            )
 
-    async def record_part(
-        self, comment_id: int, *, part: int, message_id: int, total_parts: int
-    ) -> None:
-        """Part ``part`` of the comment is in Discord; the last part makes it posted.
+    async def mark_complete(self, comment_id: int) -> None:
+        """A pending comment whose new text needs no more parts than it has: posted.
 
-        Part 0 is the comment's message (replies point at it); later parts of a
-        long comment are remembered so that a removal can clear them too.
+        Its messages still show the old split, so it is flagged for an edit.
         """
-        done = part + 1 >= total_parts
-        async with self.db.write() as conn:
-            if part == 0:
-                await conn.execute(
-                    """
-                    UPDATE comments
-                    SET message_id = ?, parts_sent = 1, needs_edit = 0,
-                        state = CASE WHEN ? THEN 'posted' ELSE state END
-                    WHERE id = ?
-                    """,
-                    (message_id, done, comment_id),
-                )
-            else:
-                await conn.execute(
-                    """
-                    UPDATE comments
-                    SET extra_message_ids = json_insert(extra_message_ids, '$[#]', ?),
-                        parts_sent = ? + 1,
-                        state = CASE WHEN ? THEN 'posted' ELSE state END
-                    WHERE id = ? AND parts_sent = ?
-                    """,
-                    (message_id, part, done, comment_id, part),
-                )
-
-    async def mark_posted(self, comment_id: int, message_id: int) -> None:
-        """Record a comment whose single message is in Discord."""
-        await self.record_part(comment_id, part=0, message_id=message_id, total_parts=1)
-
-    async def finish_parts(self, comment_id: int) -> None:
-        """No more parts to send (the text got shorter): the comment is posted."""
-        async with self.db.write() as conn:
-            await conn.execute(
-                "UPDATE comments SET state = 'posted' WHERE id = ? AND state = 'pending'",
-                (comment_id,),
-            )
-
-    async def by_message(self, message_id: int) -> CommentRecord | None:
-        async with self.db.conn.execute(
-            "SELECT * FROM comments WHERE message_id = ?", (message_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return CommentRecord.from_row(row) if row else None
-
-    async def clear_edit(self, comment_id: int, content_hash: str) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                "UPDATE comments SET needs_edit = 0 WHERE id = ? AND content_hash = ?",
-                (comment_id, content_hash),
-            )
+        await self.db.write_one(
+            """
+            UPDATE comments SET state = 'posted', needs_edit = 1
+            WHERE id = ? AND state = 'pending' AND parts_sent > 0
+            """,
+            (comment_id,),
+        )
 
     async def mark_message_deleted(self, message_id: int) -> bool:
         """A moderator deleted this message: never mirror that comment again."""
@@ -504,10 +447,3 @@ class CommentRepo:
                 (message_id,),
             )
             return cursor.rowcount > 0
-
-    async def set_state(self, comment_ids: Sequence[int], state: CommentState) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                "UPDATE comments SET state = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (state.value, json.dumps(list(comment_ids))),
-            )

@@ -142,7 +142,128 @@ CREATE TABLE delivery_intents (
 CREATE INDEX delivery_intents_open ON delivery_intents (channel_id, completed_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1,)
+# Version 2: the outbox (``storage/outbox.py``) replaces ``delivery_intents``, and
+# articles and comments gain the ``set_aside`` state (Discord refused them for good)
+# with Discord's reason. SQLite cannot change a CHECK constraint in place, so both
+# tables are rebuilt (https://sqlite.org/lang_altertable.html#otheralter); foreign
+# keys are off while migrations run (``Database.open`` turns them on after).
+V2 = """
+CREATE TABLE articles_v2 (
+    id                  INTEGER PRIMARY KEY,
+    subscription_id     INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    entry_id            TEXT    NOT NULL,
+    url                 TEXT    NOT NULL,
+    title               TEXT    NOT NULL,
+    author              TEXT    NOT NULL,
+    published           TEXT    NOT NULL,
+    updated             TEXT    NOT NULL,
+    html                TEXT    NOT NULL,
+    image_url           TEXT,
+    labels              TEXT    NOT NULL DEFAULT '[]',
+    comments_feed_url   TEXT,
+    content_hash        TEXT    NOT NULL,
+    state               TEXT    NOT NULL
+                        CHECK (state IN ('pending', 'skipped', 'posted', 'detached', 'set_aside')),
+    thread_id           INTEGER,
+    starter_message_id  INTEGER,
+    needs_edit          INTEGER NOT NULL DEFAULT 0,
+    first_seen_at       TEXT    NOT NULL,
+    -- why Discord refused it ("50035: Invalid Form Body …"), while set aside
+    refusal             TEXT,
+    refused_at          TEXT,
+    UNIQUE (subscription_id, entry_id)
+);
+INSERT INTO articles_v2 (
+    id, subscription_id, entry_id, url, title, author, published, updated, html, image_url,
+    labels, comments_feed_url, content_hash, state, thread_id, starter_message_id, needs_edit,
+    first_seen_at
+)
+SELECT id, subscription_id, entry_id, url, title, author, published, updated, html, image_url,
+       labels, comments_feed_url, content_hash, state, thread_id, starter_message_id, needs_edit,
+       first_seen_at
+FROM articles;
+DROP TABLE articles;
+ALTER TABLE articles_v2 RENAME TO articles;
+CREATE INDEX articles_thread ON articles (thread_id);
+CREATE INDEX articles_url ON articles (subscription_id, url);
+
+CREATE TABLE comments_v2 (
+    id               INTEGER PRIMARY KEY,
+    subscription_id  INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    article_id       INTEGER NOT NULL REFERENCES articles (id) ON DELETE CASCADE,
+    entry_id         TEXT    NOT NULL,
+    parent_entry_id  TEXT,
+    author           TEXT    NOT NULL,
+    author_url       TEXT,
+    published        TEXT    NOT NULL,
+    html             TEXT    NOT NULL,
+    permalink        TEXT    NOT NULL,
+    removed          INTEGER NOT NULL DEFAULT 0,
+    content_hash     TEXT    NOT NULL,
+    state            TEXT    NOT NULL
+                     CHECK (state IN ('pending', 'posted', 'deleted', 'skipped', 'set_aside')),
+    message_id       INTEGER,
+    extra_message_ids TEXT   NOT NULL DEFAULT '[]',
+    parts_sent       INTEGER NOT NULL DEFAULT 0,
+    needs_edit       INTEGER NOT NULL DEFAULT 0,
+    first_seen_at    TEXT    NOT NULL,
+    refusal          TEXT,
+    refused_at       TEXT,
+    -- 1: its messages end with a key line naming it (bot/render.py). Comments sent
+    -- before v2 keep being split without one, so a part resumed or edited later
+    -- lines up with the parts already in Discord.
+    keyed            INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (subscription_id, entry_id)
+);
+INSERT INTO comments_v2 (
+    id, subscription_id, article_id, entry_id, parent_entry_id, author, author_url, published,
+    html, permalink, removed, content_hash, state, message_id, extra_message_ids, parts_sent,
+    needs_edit, first_seen_at, keyed
+)
+SELECT id, subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
+       published, html, permalink, removed, content_hash, state, message_id, extra_message_ids,
+       parts_sent, needs_edit, first_seen_at, parts_sent = 0
+FROM comments;
+DROP TABLE comments;
+ALTER TABLE comments_v2 RENAME TO comments;
+CREATE INDEX comments_article ON comments (article_id, state, published);
+CREATE INDEX comments_message ON comments (message_id);
+
+-- The outbox of SPEC §5: a row is written before a Discord write and completed,
+-- in the same transaction as its effect, after it. Open rows are settled by
+-- reading the channel before anything new is sent there; completed rows are
+-- pruned after a day.
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY,
+    subscription_id  INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    kind             TEXT    NOT NULL CHECK (kind IN ('forum_post', 'article_message',
+                             'thread_from_message', 'comment_part', 'comment_edit',
+                             'article_edit')),
+    target_id        INTEGER NOT NULL,
+    part             INTEGER NOT NULL DEFAULT 0,
+    total            INTEGER NOT NULL DEFAULT 1,
+    channel_id       INTEGER NOT NULL,
+    nonce            TEXT    NOT NULL UNIQUE,
+    created_at       TEXT    NOT NULL,
+    completed_at     TEXT,
+    message_id       INTEGER
+);
+CREATE INDEX outbox_open ON outbox (channel_id) WHERE completed_at IS NULL;
+CREATE INDEX outbox_completed ON outbox (completed_at) WHERE completed_at IS NOT NULL;
+
+-- v1's open intents carry over: a 'thread' intent is settled by looking in its
+-- channel whatever the channel's kind; a comment part's total is not known
+-- (0: settling works it out from the comment).
+INSERT INTO outbox (subscription_id, kind, target_id, part, total, channel_id, nonce,
+                    created_at)
+SELECT subscription_id,
+       CASE kind WHEN 'thread' THEN 'article_message' ELSE 'comment_part' END,
+       target_id, part, 0, channel_id, nonce, created_at
+FROM delivery_intents WHERE completed_at IS NULL;
+DROP TABLE delivery_intents;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -163,6 +284,10 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         try:
             for statement in _statements(MIGRATIONS[index]):
                 await conn.execute(statement)
+            async with conn.execute("PRAGMA foreign_key_check") as cursor:
+                broken = list(await cursor.fetchall())
+            if broken:
+                raise RuntimeError(f"migration {index + 1} broke foreign keys: {broken[:5]}")
             await conn.execute(f"PRAGMA user_version = {index + 1}")
         except BaseException:
             await conn.rollback()

@@ -39,6 +39,8 @@ class ArticleState(StrEnum):
     SKIPPED = "skipped"
     POSTED = "posted"
     DETACHED = "detached"
+    # Discord refused its thread for good (a 4xx): waits for ``/blog resync``.
+    SET_ASIDE = "set_aside"
 
 
 class CommentState(StrEnum):
@@ -46,6 +48,23 @@ class CommentState(StrEnum):
     POSTED = "posted"
     DELETED = "deleted"
     SKIPPED = "skipped"
+    # Discord refused one of its messages for good: waits for ``/blog resync``.
+    SET_ASIDE = "set_aside"
+
+
+class IntentKind(StrEnum):
+    """What an outbox intent is about to do in Discord (see ``storage/outbox.py``)."""
+
+    FORUM_POST = "forum_post"  # target: article; channel: the forum
+    ARTICLE_MESSAGE = "article_message"  # target: article; channel: the text channel
+    THREAD_FROM_MESSAGE = "thread_from_message"  # target: article; channel: the text channel
+    COMMENT_PART = "comment_part"  # target: comment; channel: the article's thread
+    COMMENT_EDIT = "comment_edit"  # target: comment; channel: the article's thread
+    ARTICLE_EDIT = "article_edit"  # target: article; channel: where its message is
+
+    @property
+    def about_article(self) -> bool:
+        return self not in (IntentKind.COMMENT_PART, IntentKind.COMMENT_EDIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +163,7 @@ class ArticleRecord:
     thread_id: int | None
     starter_message_id: int | None
     needs_edit: bool
+    refusal: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> ArticleRecord:
@@ -165,6 +185,7 @@ class ArticleRecord:
             thread_id=row["thread_id"],
             starter_message_id=row["starter_message_id"],
             needs_edit=bool(row["needs_edit"]),
+            refusal=row["refusal"],
         )
 
 
@@ -201,6 +222,8 @@ class CommentRecord:
     extra_message_ids: tuple[int, ...]
     parts_sent: int
     needs_edit: bool
+    refusal: str | None = None
+    keyed: bool = True
 
     @classmethod
     def from_row(cls, row: Any) -> CommentRecord:
@@ -222,16 +245,26 @@ class CommentRecord:
             extra_message_ids=tuple(json.loads(row["extra_message_ids"])),
             parts_sent=row["parts_sent"],
             needs_edit=bool(row["needs_edit"]),
+            refusal=row["refusal"],
+            keyed=bool(row["keyed"]),
         )
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryIntent:
+class Intent:
+    """One Discord write the bot is about to make, or made (``completed_at``).
+
+    ``total`` is how many messages the comment had when its part was planned
+    (so the last part's completion marks the comment posted); 0 for intents
+    carried over from schema v1, which did not record it.
+    """
+
     id: int
     subscription_id: int
-    kind: str
+    kind: IntentKind
     target_id: int
     part: int
+    total: int
     channel_id: int
     nonce: str
     created_at: datetime
@@ -239,13 +272,14 @@ class DeliveryIntent:
     message_id: int | None
 
     @classmethod
-    def from_row(cls, row: Any) -> DeliveryIntent:
+    def from_row(cls, row: Any) -> Intent:
         return cls(
             id=row["id"],
             subscription_id=row["subscription_id"],
-            kind=row["kind"],
+            kind=IntentKind(row["kind"]),
             target_id=row["target_id"],
             part=row["part"],
+            total=row["total"],
             channel_id=row["channel_id"],
             nonce=row["nonce"],
             created_at=from_db_time(row["created_at"]),
@@ -260,3 +294,5 @@ class SubscriptionCounts:
     comments_mirrored: int
     pending_articles: int
     pending_comments: int
+    set_aside: int = 0
+    latest_refusal: str | None = None

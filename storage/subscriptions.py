@@ -132,7 +132,7 @@ class SubscriptionRepo:
                         WHERE subscription_id = s.id AND (state = 'pending' OR needs_edit = 1))
                 OR EXISTS (SELECT 1 FROM comments
                            WHERE subscription_id = s.id AND (state = 'pending' OR needs_edit = 1))
-                OR EXISTS (SELECT 1 FROM delivery_intents
+                OR EXISTS (SELECT 1 FROM outbox
                            WHERE subscription_id = s.id AND completed_at IS NULL)
             )
             ORDER BY s.id
@@ -284,13 +284,31 @@ class SubscriptionRepo:
                 (SELECT count(*) FROM articles
                  WHERE subscription_id = :id AND state = 'pending'),
                 (SELECT count(*) FROM comments
-                 WHERE subscription_id = :id AND state = 'pending')
+                 WHERE subscription_id = :id AND state = 'pending'),
+                (SELECT count(*) FROM articles
+                 WHERE subscription_id = :id AND refusal IS NOT NULL)
+                + (SELECT count(*) FROM comments
+                   WHERE subscription_id = :id AND refusal IS NOT NULL),
+                (SELECT refusal FROM (
+                    SELECT refusal, refused_at FROM articles
+                    WHERE subscription_id = :id AND refusal IS NOT NULL
+                    UNION ALL
+                    SELECT refusal, refused_at FROM comments
+                    WHERE subscription_id = :id AND refusal IS NOT NULL
+                 ) ORDER BY refused_at DESC LIMIT 1)
             """,
             {"id": subscription_id},
         ) as cursor:
             row = await cursor.fetchone()
         assert row is not None
-        return SubscriptionCounts(*(int(value) for value in row))
+        return SubscriptionCounts(
+            articles_mirrored=int(row[0]),
+            comments_mirrored=int(row[1]),
+            pending_articles=int(row[2]),
+            pending_comments=int(row[3]),
+            set_aside=int(row[4]),
+            latest_refusal=row[5],
+        )
 
     # --- HTTP validators -------------------------------------------------------------
 

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.client import BlogMirrorBot
+from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher, create_session
+from bot.pacing import Pacer
 from bot.settings import Settings
 from storage import Database
 from tests.discord_double import DiscordDouble, RateLimits
@@ -114,12 +117,18 @@ async def running_bot(
     db = await Database.open(path)
     try:
         with double.patched():
-            async with create_session(allow_private=True) as session:
+            async with (
+                create_session(allow_private=True) as session,
+                aiohttp.ClientSession() as discord_session,
+            ):
                 fetcher = Fetcher(
                     session, timeout=10, max_bytes=config.max_feed_bytes, allow_private=True
                 )
-                bot = TestBot(settings=config, db=db, fetcher=fetcher, guild_ready_timeout=0.05)
-                bot.mirror.retry_delay = bot.mirror.threads.retry_delay = 0.05
+                rest = DiscordRest(discord_session, token=TEST_TOKEN, pacer=Pacer())
+                bot = TestBot(
+                    settings=config, db=db, fetcher=fetcher, rest=rest, guild_ready_timeout=0.05
+                )
+                bot.mirror.policy.retry_delay = 0.05
                 runner = asyncio.create_task(bot.start(TEST_TOKEN))
                 try:
                     await double.wait_ready()

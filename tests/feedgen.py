@@ -107,16 +107,19 @@ def _entry(c: GenComment) -> str:
     )
 
 
-def blogger_post(number: str, title: str, published: datetime) -> str:
-    """One posts-feed entry in Blogger's format."""
+def blogger_post(
+    number: str, title: str, published: datetime, *, comments_url: str | None = None
+) -> str:
+    """One posts-feed entry in Blogger's format (``comments_url``: its replies feed)."""
     stamp = published.isoformat(timespec="milliseconds")
+    replies = comments_url or f"{SITE}/feeds/{number}/comments/default"
     return (
         f"<entry><id>{comment_id(number)}</id>"
         f"<published>{stamp}</published><updated>{stamp}</updated>"
         f"<title type='text'>{escape(title)}</title>"
         f"<content type='html'>{escape('<p>Body of ' + title + '</p>')}</content>"
         f"<link rel='replies' type='application/atom+xml' "
-        f"href='{SITE}/feeds/{number}/comments/default' title='Post Comments'/>"
+        f"href={quoteattr(replies)} title='Post Comments'/>"
         f"<link rel='alternate' type='text/html' href='{SITE}/{number}.html' "
         f"title='{escape(title)}'/>"
         "<author><name>Jim Brown</name></author></entry>"

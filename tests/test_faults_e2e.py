@@ -17,8 +17,19 @@ FORUM_POSTS = r"/channels/\d+/threads"
 
 
 def serve(harness: Harness, articles: int = 1, per_article: int = 20) -> int:
-    """``articles`` posts with ``per_article`` comments each; returns the comment count."""
-    posts = [blogger_post(str(900 + a), f"Article {a}", at(a)) for a in range(articles)]
+    """``articles`` posts with ``per_article`` comments each; returns the comment count.
+
+    Each post's own comments feed is served too (``/blog resync`` reads it).
+    """
+    posts = [
+        blogger_post(
+            str(900 + a),
+            f"Article {a}",
+            at(a),
+            comments_url=harness.feeds.url(f"/feeds/{900 + a}/comments/default"),
+        )
+        for a in range(articles)
+    ]
     harness.feeds.route("/feeds/posts/default", blogger_posts(posts))
     comments = [
         GenComment(
@@ -28,6 +39,9 @@ def serve(harness: Harness, articles: int = 1, per_article: int = 20) -> int:
         for n in range(per_article)
     ]
     harness.feeds.route("/feeds/comments/default", blogger_comments(comments))
+    for a in range(articles):
+        own = [c for c in comments if c.post == str(900 + a)]
+        harness.feeds.route(f"/feeds/{900 + a}/comments/default", blogger_comments(own))
     return len(comments)
 
 
@@ -80,7 +94,7 @@ async def test_connection_resets_and_timeouts_on_messages(harness: Harness) -> N
     total = serve(harness)
     harness.double.inject_fault("reset_after_commit", MESSAGES, method="POST", times=3)
     harness.double.inject_fault("delay_after_commit", MESSAGES, method="POST", delay=60, times=1)
-    harness.bot.mirror.send_timeout = 1.0
+    harness.bot.mirror.policy.timeout = 1.0
     await backfill(harness, 1, total)
     assert_exactly_once(harness, total, 1)
 
@@ -98,7 +112,7 @@ async def test_forum_post_answer_that_never_comes(harness: Harness) -> None:
     """A forum post whose answer times out is found in the forum, not made again."""
     total = serve(harness, articles=2, per_article=3)
     harness.double.inject_fault("delay_after_commit", FORUM_POSTS, method="POST", delay=60, times=1)
-    harness.bot.mirror.threads.request_timeout = 1.0
+    harness.bot.mirror.policy.timeout = 1.0
     await backfill(harness, 2, total)
     assert_exactly_once(harness, total, 2)
 
@@ -138,20 +152,45 @@ async def test_gateway_dropped_mid_backfill(harness: Harness, resume: bool) -> N
 
 
 async def test_one_refused_article_does_not_hold_back_the_others(harness: Harness) -> None:
-    """Discord refusing one forum post: the other articles are mirrored, the refused one later."""
+    """A forum post Discord refuses is set aside: the others go on; resync makes it later."""
     total = serve(harness, articles=3, per_article=2)
-    harness.double.inject_fault("error_before", FORUM_POSTS, method="POST", status=400, times=1)
+    harness.double.inject_fault(
+        "error_before",
+        FORUM_POSTS,
+        method="POST",
+        status=400,
+        times=1,
+        body={"message": "Invalid Form Body", "code": 50035},
+    )
     record = await harness.subscribe(
         harness.feeds.url("/feeds/posts/default"), harness.forum_id, backfill=3
     )
-    # The final answer comes after the whole first delivery, failure recorded.
-    await record.wait_for(lambda r: any("refused" in c for c in r.contents))
+    await record.wait_for(lambda r: any("Discord refused 1 item" in c for c in r.contents))
     assert len(harness.double.threads(harness.forum_id)) == 2
     assert sum(numbers(harness).values()) == 4
     [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
-    assert sub.consecutive_failures == 1 and "refused" in (sub.last_error or "")
+    assert sub.consecutive_failures == 0 and sub.last_error is None
+    counts = await harness.bot.subscriptions.counts(sub.id)
+    assert counts.set_aside == 1 and counts.latest_refusal == "50035: Invalid Form Body"
+    # A poll does not retry it (it would be refused again); a resync of the article does.
     await backfill_poll(harness)
+    assert len(harness.double.threads(harness.forum_id)) == 2
+    refused = {t["name"] for t in harness.double.threads(harness.forum_id)} ^ {
+        "Article 0",
+        "Article 1",
+        "Article 2",
+    }
+    [name] = refused
+    resync = await harness.double.invoke_command(
+        harness.guild_id,
+        harness.text_id,
+        "blog",
+        "resync",
+        {"article_url": f"https://probationmatters.blogspot.com/{900 + int(name[-1])}.html"},
+    )
+    await resync.wait_done()
     assert_exactly_once(harness, total, 3)
+    assert (await harness.bot.subscriptions.counts(sub.id)).set_aside == 0
 
 
 async def backfill_poll(harness: Harness) -> None:

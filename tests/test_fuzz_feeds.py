@@ -34,10 +34,11 @@ from bot.ingest import Ingestor
 from bot.models import ParsedFeed
 from bot.parse import parse_feed
 from bot.polling import Poller
-from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
+from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.records import ArticleState, Subscription
 from tests.feedgen import GenComment, at, blogger_comments
 from tests.feedserver import FIXTURES, FeedServer, guard_loopback_only
+from tests.recording import record_comment, record_thread
 
 FEED_FILES = sorted([*FIXTURES.glob("real/*.xml"), *FIXTURES.glob("seed/*.xml")])
 BODIES = {f"{path.parent.name}/{path.name}": path.read_bytes() for path in FEED_FILES}
@@ -462,11 +463,11 @@ async def seed_blog(
                 outcome = await Poller(ingestor, subs, clock=clock).poll(sub)
                 assert outcome.error is None, outcome.error
                 [article] = await articles.list_by_state(sub.id, ArticleState.PENDING)
-                await articles.mark_posted(article.id, thread_id=100, starter_message_id=100)
+                await record_thread(Outbox(db), sub.id, article.id, 100)
                 recorded = await comments.for_article(article.id)
                 assert len(recorded) == 7
                 for comment in recorded:
-                    await comments.mark_posted(comment.id, 1000 + comment.id)
+                    await record_comment(Outbox(db), sub.id, comment.id, 1000 + comment.id)
                 fresh = await subs.get(sub.id)
                 assert fresh is not None
                 yield Blog(server, db, ingestor, subs, fresh)

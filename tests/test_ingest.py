@@ -13,7 +13,7 @@ from bot.errors import FeedParseError, NotAFeedError
 from bot.fetch import Fetcher, create_session
 from bot.ingest import Ingestor
 from bot.polling import DISABLE_AFTER, FAILING_AFTER, HealthChange, Poller
-from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
+from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.records import ArticleState, CommentState, Subscription, SubscriptionState
 from tests.feedgen import (
     GenComment,
@@ -24,6 +24,7 @@ from tests.feedgen import (
     comment_id,
 )
 from tests.feedserver import FIXTURES, FeedServer, guard_loopback_only
+from tests.recording import record_comment, record_thread
 
 SEED = FIXTURES / "seed"
 REAL = FIXTURES / "real"
@@ -223,7 +224,7 @@ async def test_new_comment_and_removal_between_polls(env: Env) -> None:
     [article] = await env.articles.list_by_state(sub.id, ArticleState.PENDING)
     comments = await env.comments.for_article(article.id)
     for comment in comments:
-        await env.comments.mark_posted(comment.id, 10_000 + comment.id)
+        await record_comment(Outbox(env.db), sub.id, comment.id, 10_000 + comment.id)
     victim = comments[3]  # "I think we need to think about..." (18:08)
     number = victim.entry_id.rsplit("-", 1)[1]
     seed = (SEED / "comments.atom.xml").read_text()
@@ -258,7 +259,7 @@ async def test_changed_article_is_flagged_for_edit(env: Env) -> None:
     serve_seed(env.server)
     sub = await env.poll(await env.subscribe(mirror_comments=False))
     [article] = await env.articles.list_by_state(sub.id, ArticleState.PENDING)
-    await env.articles.mark_posted(article.id, thread_id=1, starter_message_id=1)
+    await record_thread(Outbox(env.db), sub.id, article.id, 1)
     body = (SEED / "posts.atom.xml").read_bytes().replace(b"Twitter", b"Mastodon")
     env.server.route("/feeds/posts/default", body, etag='"posts-2"')
     summary = await env.ingestor.poll(sub)

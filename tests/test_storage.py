@@ -17,7 +17,7 @@ from storage import (
     Database,
     DatabaseTooNewError,
     DuplicateSubscriptionError,
-    IntentRepo,
+    Outbox,
     SubscriptionRepo,
 )
 from storage.records import (
@@ -29,6 +29,7 @@ from storage.records import (
     Subscription,
     SubscriptionState,
 )
+from tests.recording import record_comment, record_thread
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -236,7 +237,7 @@ async def test_comment_lifecycle(db: Database) -> None:
     pending = await comments.for_article(a1.id, [CommentState.PENDING])
     assert [c.entry_id for c in pending] == ["c1", "c2"]
     assert pending[1].parent_entry_id == "c1"
-    await comments.mark_posted(pending[0].id, 555)
+    await record_comment(Outbox(db), sub.id, pending[0].id, 555)
     assert await comments.message_ids(sub.id, ["c1", "c2"]) == {"c1": 555}
     removed = replace(comment("c1"), removed=True, html="", content_hash="h2")
     await comments.update_content(sub.id, [removed])
@@ -263,40 +264,13 @@ async def test_changed_article_is_flagged_only_once_posted(db: Database) -> None
     )
     a1 = await articles.get_by_entry(sub.id, "a1")
     assert a1 is not None
-    await articles.mark_posted(a1.id, thread_id=900, starter_message_id=900)
+    await record_thread(Outbox(db), sub.id, a1.id, 900)
     await articles.update_content(sub.id, article("a1", title="New title"))
     await articles.update_content(sub.id, article("a2", title="New title"))
     assert [a.entry_id for a in await articles.needing_edit(sub.id)] == ["a1"]
-    await articles.clear_edit(a1.id, "hash-New title")
-    assert await articles.needing_edit(sub.id) == []
     detached = await articles.detach_thread(900)
     assert detached is not None and detached.state == ArticleState.DETACHED
     assert await articles.oldest_mirrored_published(sub.id) == NOW
-
-
-async def test_intents_open_complete_and_survive_reopen(tmp_path: Path) -> None:
-    """An intent left open by a crash is still open after reopening the file."""
-    path = tmp_path / "outbox.db"
-    database = await Database.open(path)
-    sub = await add_subscription(SubscriptionRepo(database))
-    intents = IntentRepo(database)
-    done = await intents.open(
-        subscription_id=sub.id, kind="comment", target_id=1, channel_id=5, now=NOW
-    )
-    left = await intents.open(
-        subscription_id=sub.id, kind="comment", target_id=2, channel_id=5, now=NOW
-    )
-    assert done.nonce != left.nonce and len(done.nonce) <= 25
-    await intents.complete(done.id, message_id=77, now=NOW)
-    await database.close()
-    reopened = await Database.open(path)
-    try:
-        open_ = await IntentRepo(reopened).unfinished()
-        assert [i.target_id for i in open_] == [2]
-        assert open_[0].nonce == left.nonce
-        assert await IntentRepo(reopened).prune(NOW + timedelta(days=1)) == 1
-    finally:
-        await reopened.close()
 
 
 async def test_counts_and_unsubscribe_cascade(db: Database) -> None:

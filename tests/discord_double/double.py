@@ -361,6 +361,7 @@ class DiscordDouble:
         retry_after: float = 0.25,
         scope: str = "user",
         body: dict[str, Any] | str | None = None,
+        content: str | None = None,
     ) -> Fault:
         """See ``faults.py`` for the kinds. Returns the fault; ``fault.hits`` counts uses."""
         return self.faults.add(
@@ -373,6 +374,7 @@ class DiscordDouble:
             retry_after=retry_after,
             scope=scope,
             body=body,
+            content=content,
         )
 
     def clear_faults(self) -> None:

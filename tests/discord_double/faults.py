@@ -18,13 +18,16 @@ rate_limit         answer 429 regardless of bucket counts (a storm); ``scope`` i
 ================== ==================================================================
 
 A fault matches when ``method`` (or any method, if None) and ``path`` (a regex matched in
-full against the path after ``/api/v10``, e.g. ``r"/channels/\\d+/messages"``) both match.
+full against the path after ``/api/v10``, e.g. ``r"/channels/\\d+/messages"``) both match,
+and ``content`` (a regex, if given) is found in the request's JSON body: that targets
+one message (one comment's text) among many.
 It applies to the next ``times`` matching requests (``None``: until removed).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +65,17 @@ class Fault:
     scope: str = "user"
     body: dict[str, Any] | str | None = None
     """Error body; a ``str`` is sent as ``text/html`` like a Cloudflare error page."""
+    content: re.Pattern[str] | None = None
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, payload: Any = None) -> bool:
         if self.times is not None and self.hits >= self.times:
             return False
         if self.method is not None and self.method.upper() != method:
+            return False
+        if self.content is not None and not self.content.search(
+            json.dumps(payload, ensure_ascii=False)
+        ):
             return False
         return self.path.fullmatch(path) is not None
 
@@ -99,6 +107,7 @@ class FaultPlan:
         retry_after: float = 0.25,
         scope: str = "user",
         body: dict[str, Any] | str | None = None,
+        content: str | None = None,
     ) -> Fault:
         if scope not in ("user", "shared", "global"):
             raise ValueError(f"scope must be user, shared or global, not {scope!r}")
@@ -112,14 +121,15 @@ class FaultPlan:
             retry_after=retry_after,
             scope=scope,
             body=body,
+            content=re.compile(content) if content is not None else None,
         )
         self.faults.append(fault)
         return fault
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, payload: Any = None) -> Fault | None:
         """The first matching fault, with one use counted against it."""
         for fault in self.faults:
-            if fault.matches(method, path):
+            if fault.matches(method, path, payload):
                 fault.hits += 1
                 return fault
         return None

@@ -177,7 +177,7 @@ class RestFrontend:
         if not verdict.allowed:
             return self._too_many(request, spec, call, verdict, is_global=False, fault=None)
 
-        fault = self.double.faults.take(method, path)
+        fault = self.double.faults.take(method, path, body)
         if fault is not None and fault.kind.before:
             early = await self._apply_fault_before(request, spec, call, fault, verdict.headers)
             if early is not None:
