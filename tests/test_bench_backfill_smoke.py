@@ -40,6 +40,7 @@ def test_backfill_benchmark_reports_no_429_and_no_duplicates() -> None:
     report = json.loads(line)
     assert report["benchmark"] == "backfill"
     assert report["budget_ratio"] == 1.10
+    assert report["budget_transactions_per_message"] == 1.10
     assert isinstance(report["ok"], bool)
     assert done.returncode == (0 if report["ok"] else 1)
     single, spread = report["scenarios"]
@@ -51,3 +52,6 @@ def test_backfill_benchmark_reports_no_429_and_no_duplicates() -> None:
         assert scenario["missing"] == 0, scenario
         assert scenario["wall_s"] > 0
         assert abs(scenario["ratio"] - scenario["wall_s"] / scenario["floor_s"]) < 0.01
+        # The outbox's one write transaction per message (plus a few per thread and
+        # the poll); three per message before it.
+        assert 1 <= scenario["transactions_per_message"] < 1.5, scenario
