@@ -3,6 +3,7 @@
 from storage.articles import ArticleRepo, CommentRepo
 from storage.db import Database
 from storage.intents import IntentRepo
+from storage.lock import DatabaseInUseError, DatabaseLock
 from storage.migrations import SCHEMA_VERSION, DatabaseTooNewError
 from storage.subscriptions import DuplicateSubscriptionError, SubscriptionRepo
 
@@ -11,6 +12,8 @@ __all__ = [
     "ArticleRepo",
     "CommentRepo",
     "Database",
+    "DatabaseInUseError",
+    "DatabaseLock",
     "DatabaseTooNewError",
     "DuplicateSubscriptionError",
     "IntentRepo",
