@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         pass
     except BlogMirrorError as exc:
         print(f"blogmirror: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(exc.exit_status) from None
 
 
 def _preview(settings: Settings, url: str, articles: int) -> int:

@@ -12,17 +12,34 @@ import discord
 
 from bot.client import BlogMirrorBot
 from bot.discord_rest import DiscordRest
-from bot.errors import BlogMirrorError
+from bot.errors import AnotherInstanceError, BlogMirrorError
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
-from storage import Database, DatabaseTooNewError
+from storage import Database, DatabaseInUseError, DatabaseLock, DatabaseTooNewError
 
 log = logging.getLogger(__name__)
 
 
 async def run_bot(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM or a fatal error; always close the database."""
+    """Run until SIGINT/SIGTERM or a fatal error; always close the database.
+
+    The database's lock is taken first and held to the end, so a second process
+    on the same ``DATABASE_PATH`` stops before it opens, migrates or writes anything.
+    """
+    try:
+        lock = DatabaseLock.acquire(settings.database_path)
+    except DatabaseInUseError as exc:
+        pid = f" (pid {exc.holder_pid})" if exc.holder_pid is not None else ""
+        raise AnotherInstanceError(
+            f"another blogmirror instance is already running on {settings.database_path}{pid}; "
+            "stop it first or set DATABASE_PATH to another file."
+        ) from None
+    with lock:
+        await _run_with_database(settings)
+
+
+async def _run_with_database(settings: Settings) -> None:
     try:
         db = await Database.open(settings.database_path)
     except DatabaseTooNewError as exc:

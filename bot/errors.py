@@ -12,12 +12,21 @@ from __future__ import annotations
 class BlogMirrorError(Exception):
     """Base for expected failures; ``str(exc)`` is safe to show to a user."""
 
+    #: The process's exit status when this error stops ``python -m bot``.
+    exit_status = 1
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
     def __str__(self) -> str:
         return self.message
+
+
+class AnotherInstanceError(BlogMirrorError):
+    """Another blogmirror process holds the database; two would race each other's deliveries."""
+
+    exit_status = 2
 
 
 class FeedError(BlogMirrorError):

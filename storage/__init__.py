@@ -2,6 +2,7 @@
 
 from storage.articles import ArticleRepo, CommentRepo
 from storage.db import Database
+from storage.lock import DatabaseInUseError, DatabaseLock
 from storage.migrations import SCHEMA_VERSION, DatabaseTooNewError
 from storage.outbox import Outbox
 from storage.subscriptions import DuplicateSubscriptionError, SubscriptionRepo
@@ -11,6 +12,8 @@ __all__ = [
     "ArticleRepo",
     "CommentRepo",
     "Database",
+    "DatabaseInUseError",
+    "DatabaseLock",
     "DatabaseTooNewError",
     "DuplicateSubscriptionError",
     "Outbox",

@@ -311,6 +311,82 @@ def test_link_user_info_dropped() -> None:
     assert safe_url("https://bank.example@evil.example/x") == "https://evil.example/x"
 
 
+LONGEST_LABEL = "a" * 63
+LONGEST_HOST = ".".join(["b" * 63] * 3 + ["b" * 58, "cd"])  # 253 characters
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://example.com/x.png", "https://example.com/x.png"),
+        ("https://EXAMPLE.Com/x", "https://example.com/x"),
+        ("http://a-b.c-d.example:8080/x", "http://a-b.c-d.example:8080/x"),
+        ("https://1password.com/x", "https://1password.com/x"),
+        ("https://123.example/x", "https://123.example/x"),
+        ("https://example.com./x", "https://example.com./x"),
+        ("https://xn--bcher-kva.de/x", "https://xn--bcher-kva.de/x"),
+        ("https://bücher.de/x", "https://bücher.de/x"),
+        ("https://127.0.0.1:8080/x", "https://127.0.0.1:8080/x"),
+        ("https://8.8.8.8/x", "https://8.8.8.8/x"),
+        ("https://[2001:db8::1]:8443/x", "https://[2001:db8::1]:8443/x"),
+        ("https://[::ffff:1.2.3.4]/x", "https://[::ffff:1.2.3.4]/x"),
+        (f"https://{LONGEST_LABEL}.example/x", f"https://{LONGEST_LABEL}.example/x"),
+        (f"https://{LONGEST_HOST}/x", f"https://{LONGEST_HOST}/x"),
+    ],
+)
+def test_safe_url_accepts_hosts_discord_takes(url: str, expected: str) -> None:
+    """DNS names with a top-level label of letters, and IP addresses, are kept."""
+    assert safe_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://-/x.png",
+        "https://-a.example/x",
+        "https://a-.example/x",
+        "https://example.-com/x",
+        "https://a_b.example/x",
+        "https://example_.com/x",
+        "https://localhost/x",
+        "https://blog/x",
+        "https://example.c/x",
+        "https://example.123/x",
+        "https://example.c0m/x",
+        "https://1.2.3/x",
+        "https://1.2.3.4.5/x",
+        "https://256.1.1.1/x",
+        "https://01.2.3.4/x",
+        "https://0x7f.0.0.1/x",
+        "https://a..example/x",
+        "https://.example.com/x",
+        "https://example.com../x",
+        "https://./x",
+        f"https://{'a' * 64}.example/x",
+        f"https://c{LONGEST_HOST}/x",
+        "https:///x",
+        "https://:443/x",
+        "https://user@/x",
+        "https://ex%41mple.com/x",
+        "https://exa mple.com/x",
+        "https://exa*mple.com/x",
+        "https://\U0001f600.example/x",
+        "https://[v1.fe]/x",
+        "https://[fe80::1%25eth0]/x",
+        "https://[1.2.3.4]/x",
+    ],
+)
+def test_safe_url_refuses_hosts_discord_would_refuse(url: str) -> None:
+    """A host Discord answers with 50035 "Not a well formed URL" gives no URL at all."""
+    assert safe_url(url) is None
+
+
+def test_relative_link_on_a_page_with_a_refused_host_is_dropped() -> None:
+    """A relative URL resolved against a base with a refused host gives no URL either."""
+    assert safe_url("/x.png", "https://a_b.example/post.html") is None
+    assert safe_url("/x.png", "https://ok.example/post.html") == "https://ok.example/x.png"
+
+
 def test_control_characters_and_bidi_overrides_removed() -> None:
     """C0/C1 controls, U+FFFE/U+FFFF and bidi overrides go, as characters or references."""
     raw = "a\x01b\x1bc\x85d\ufffee\uffff f\u202eg\u2066h\u2069i\tj"
@@ -546,6 +622,29 @@ def test_hostile_article_is_inert_and_fits() -> None:
     assert not LIVE_MENTION.search(rendered.content)
     assert "**@" not in rendered.content
     assert rendered.image_url is None
+
+
+def test_article_with_a_refused_host_has_no_image_and_no_link() -> None:
+    """An image or article URL with a host Discord refuses is dropped; the title stays plain."""
+    rendered = render_article(
+        article(url="https://-/post.html", image_url="https://-/x.png"), blog_title=""
+    )
+    assert rendered.image_url is None
+    assert rendered.content == (
+        "**Great Leadership, But Poor Output?**\n"
+        "by Jim Brown · <t:1554281460:f>\n"
+        "The inspection report is out."
+    )
+
+
+def test_comment_links_to_refused_hosts_are_shown_plainly() -> None:
+    """In a comment, links and images to hosts Discord refuses keep their text, not the URL."""
+    html = (
+        '<a href="https://a_b.example/p">the post</a> and <img src="https://-/x.png" alt="cat">'
+        '<img src="https://localhost/y.png">'
+    )
+    [message] = render_comment(comment(html=html))
+    assert message.split("\n", 1)[1] == "the post and \\[image: cat\\]"
 
 
 # --- splitting ----------------------------------------------------------------------
