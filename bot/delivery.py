@@ -1,8 +1,9 @@
 """Delivery: pending articles and comments become Discord threads and messages, once.
 
-The mirror decides what is sent and in what order; every write goes through
-``send_once`` and is recorded in the outbox (``bot/outbox.py``,
-``storage/outbox.py``): ordering here → ``send_once`` → outbox records.
+The mirror decides what is sent, in what order and how much at once; how one
+item is sent is ``bot/writes.py``, every write going through ``send_once`` and
+recorded in the outbox (``bot/outbox.py``, ``storage/outbox.py``): ordering
+here → ``send_once`` → outbox records.
 
 - Articles get their threads oldest first. One that Discord refuses for good is
   set aside; the others go on.
@@ -18,17 +19,15 @@ The mirror decides what is sent and in what order; every write goes through
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import discord
 
-from bot.convert import article_of, comment_of
+from bot.convert import comment_of
 from bot.discord_rest import DiscordRest
 from bot.order import delivery_order
 from bot.outbox import (
@@ -40,16 +39,14 @@ from bot.outbox import (
     SendPolicy,
     send_once,
 )
-from bot.render import comment_key, render_article, render_comment, thread_name
-from bot.threads import DiscordReader, forbidden_text, forum_tags, image_embed
+from bot.render import comment_key, render_comment
+from bot.threads import Channel, DiscordReader, forbidden_text
+from bot.writes import Planned, Writer
 from storage import ArticleRepo, CommentRepo, Outbox, SubscriptionRepo
 from storage.outbox import (
-    Abandoned,
     ArticleEdited,
-    ArticleMessagePosted,
     CommentEdited,
     Effect,
-    MessageGone,
     NewIntent,
     PartPosted,
     Refused,
@@ -68,13 +65,11 @@ __all__ = ["DeliveryError", "DeliverySummary", "Mirror", "Progress"]
 
 log = logging.getLogger(__name__)
 
-NO_MENTIONS = discord.AllowedMentions.none()
 THREAD_CONCURRENCY = 10
 # Completed intents are kept this long (an audit trail), then pruned.
 OUTBOX_RETENTION = timedelta(days=1)
 
 Progress = Callable[[int, int], Awaitable[None]]
-Channel = discord.TextChannel | discord.ForumChannel
 
 
 @dataclass(slots=True)
@@ -84,25 +79,6 @@ class DeliverySummary:
     edits: int = 0
     set_aside: int = 0
     skipped_locked: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    """A comment about to be sent: its messages and what its first one replies to."""
-
-    comment: CommentRecord
-    parts: list[str]
-    reference: int | None
-
-    def intent(self, sub: Subscription, thread_id: int, part: int) -> NewIntent:
-        return NewIntent(
-            subscription_id=sub.id,
-            kind=IntentKind.COMMENT_PART,
-            target_id=self.comment.id,
-            channel_id=thread_id,
-            part=part,
-            total=len(self.parts),
-        )
 
 
 class Mirror:
@@ -130,6 +106,7 @@ class Mirror:
         self.policy = SendPolicy(rest.pacer)
         self.reader = DiscordReader(client, rest.pacer)
         self.courier = Courier(outbox, comments, self.reader, self.policy, clock=clock)
+        self.writer = Writer(client, rest, self.reader, self.courier, self.policy)
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _lock(self, key: int) -> asyncio.Lock:
@@ -178,7 +155,13 @@ class Mirror:
             elif isinstance(result, BaseException):
                 raise result
         for record in await self.articles.needing_edit(sub.id):
-            await self._edit_article(sub, channel, record, summary)
+            if record.starter_message_id is None or record.thread_id is None:
+                continue
+            forum_post = (
+                await self._thread(record) if isinstance(channel, discord.ForumChannel) else None
+            )
+            effect = await self.writer.edit_article(sub, channel, record, forum_post)
+            summary.edits += isinstance(effect, ArticleEdited)
         if failures:
             raise failures[0]
         return summary
@@ -231,9 +214,9 @@ class Mirror:
                 return
             try:
                 if isinstance(channel, discord.ForumChannel):
-                    effect = await self._forum_post(sub, channel, fresh)
+                    effect = await self.writer.forum_post(sub, channel, fresh)
                 else:
-                    effect = await self._text_thread(sub, channel, fresh)
+                    effect = await self.writer.text_thread(sub, channel, fresh)
             except PermissionProblem as exc:
                 raise DeliveryError(forbidden_text(channel, exc.exc)) from exc
             except Gone as exc:
@@ -244,83 +227,6 @@ class Mirror:
             elif isinstance(effect, Refused):
                 summary.set_aside += 1
                 log.warning("Discord refused the thread of %s: %s", fresh.url, effect.reason)
-
-    async def _forum_post(
-        self, sub: Subscription, forum: discord.ForumChannel, record: ArticleRecord
-    ) -> Effect:
-        rendered = render_article(article_of(record), blog_title=sub.blog_title)
-        embed = image_embed(rendered.image_url)
-        payload: dict[str, Any] = {
-            "name": thread_name(record.title, record.published),
-            "applied_tags": [str(tag.id) for tag in forum_tags(forum, record.labels)],
-            "message": {
-                "content": rendered.content,
-                "allowed_mentions": {"parse": []},
-                "embeds": [embed.to_dict()] if embed else [],
-            },
-        }
-        [intent] = await self.courier.open([_article_intent(sub, record, IntentKind.FORUM_POST)])
-        made = await send_once(
-            self.policy,
-            lambda: self.rest.create_forum_post(forum.id, payload),
-            what=f"creating the forum post for {record.url}",
-            look=lambda: self.reader.find_forum_post(forum, record, sub.blog_title),
-        )
-        effect: Effect = Refused(made.reason) if isinstance(made, Refusal) else ThreadMade(*made)
-        await self.courier.complete(intent, effect)
-        return effect
-
-    async def _text_thread(
-        self, sub: Subscription, channel: discord.TextChannel, record: ArticleRecord
-    ) -> Effect:
-        """The article message (with a nonce), then the thread made from it."""
-        starter = record.starter_message_id
-        if starter is None:
-            rendered = render_article(article_of(record), blog_title=sub.blog_title)
-            embed = image_embed(rendered.image_url) or discord.utils.MISSING
-            [intent] = await self.courier.open(
-                [_article_intent(sub, record, IntentKind.ARTICLE_MESSAGE)]
-            )
-            sent = await send_once(
-                self.policy,
-                lambda: channel.send(
-                    rendered.content, embed=embed, nonce=intent.nonce, allowed_mentions=NO_MENTIONS
-                ),
-                what=f"posting the article message of {record.url}",
-            )
-            if isinstance(sent, Refusal):
-                await self.courier.complete(intent, Refused(sent.reason))
-                return Refused(sent.reason)
-            await self.courier.complete(intent, ArticleMessagePosted(sent.id))
-            starter = sent.id
-        message_id = starter
-        [intent] = await self.courier.open(
-            [_article_intent(sub, record, IntentKind.THREAD_FROM_MESSAGE)]
-        )
-        name = thread_name(record.title, record.published)
-        made = await send_once(
-            self.policy,
-            lambda: self._thread_from(channel, message_id, name),
-            what=f"creating the thread of {record.url}",
-            look=lambda: self.reader.thread_of(message_id),
-        )
-        effect: Effect = (
-            Refused(made.reason) if isinstance(made, Refusal) else ThreadMade(made, message_id)
-        )
-        await self.courier.complete(intent, effect)
-        return effect
-
-    async def _thread_from(self, channel: discord.TextChannel, message_id: int, name: str) -> int:
-        try:
-            thread = await channel.get_partial_message(message_id).create_thread(name=name)
-        except discord.HTTPException as exc:
-            if exc.code != 160004:  # "a thread has already been created for this message"
-                raise
-            found = await self.reader.thread_of(message_id)
-            if found is None:
-                raise
-            return found
-        return thread.id
 
     # --- comments ---------------------------------------------------------------------
 
@@ -391,7 +297,7 @@ class Mirror:
         unavailable = await self.comments.entries_in_state(sub.id, wanted, CommentState.DELETED)
         queue = iter(ordered)
 
-        async def plan_next() -> _Planned | None:
+        async def plan_next() -> Planned | None:
             for comment in queue:
                 planned = self._plan(sub, record, comment, parents, unavailable)
                 if comment.parts_sent < len(planned.parts):
@@ -409,7 +315,7 @@ class Mirror:
             comment = current.comment
             sent = await send_once(
                 self.policy,
-                functools.partial(self._send_part, thread, current, part, intent.nonce),
+                functools.partial(self.writer.send_part, thread, current, part, intent.nonce),
                 what=f"posting comment {comment.entry_id} in thread {thread.id}",
             )
             following: NewIntent | None = None
@@ -448,7 +354,7 @@ class Mirror:
         comment: CommentRecord,
         parents: dict[str, int],
         unavailable: set[str],
-    ) -> _Planned:
+    ) -> Planned:
         parent_id = comment.parent_entry_id
         reference = parents.get(parent_id) if parent_id else None
         missing = parent_id is not None and (reference is None or parent_id in unavailable)
@@ -460,30 +366,7 @@ class Mirror:
             key=comment_key(sub.id, comment.entry_id) if comment.keyed else None,
             parent_missing=missing,
         )
-        return _Planned(comment, parts, None if missing and not comment.parts_sent else reference)
-
-    async def _send_part(
-        self, thread: discord.Thread, planned: _Planned, part: int, nonce: str
-    ) -> discord.Message:
-        first_sent = part == planned.comment.parts_sent
-        reference = planned.reference if first_sent else None
-        if reference is None:
-            return await thread.send(
-                planned.parts[part],
-                nonce=nonce,
-                allowed_mentions=NO_MENTIONS,
-                suppress_embeds=True,
-            )
-        return await thread.send(
-            planned.parts[part],
-            nonce=nonce,
-            reference=discord.MessageReference(
-                message_id=reference, channel_id=thread.id, fail_if_not_exists=False
-            ),
-            allowed_mentions=NO_MENTIONS,
-            suppress_embeds=True,
-            mention_author=False,
-        )
+        return Planned(comment, parts, None if missing and not comment.parts_sent else reference)
 
     # --- edits ------------------------------------------------------------------------
 
@@ -515,112 +398,10 @@ class Mirror:
                     )
                 ]
             )
-            effect = await self._edit_comment(sub, record, thread, comment)
+            effect = await self.writer.edit_comment(sub, record, thread, comment)
             await self.courier.complete(intent, effect)
             if isinstance(effect, CommentEdited):
                 summary.edits += 1
-
-    async def _edit_comment(
-        self,
-        sub: Subscription,
-        record: ArticleRecord,
-        thread: discord.Thread,
-        comment: CommentRecord,
-    ) -> Effect:
-        assert comment.message_id is not None
-        parts = render_comment(
-            comment_of(comment, record.entry_id),
-            key=comment_key(sub.id, comment.entry_id) if comment.keyed else None,
-        )
-        ids = [comment.message_id, *comment.extra_message_ids]
-        for index, message_id in enumerate(ids[: len(parts)]):
-            try:
-                edited = await send_once(
-                    self.policy,
-                    functools.partial(
-                        thread.get_partial_message(message_id).edit,
-                        content=parts[index],
-                        allowed_mentions=NO_MENTIONS,
-                    ),
-                    what=f"editing comment {comment.entry_id}",
-                )
-            except Gone:
-                if index == 0:
-                    return MessageGone()  # a moderator deleted it: never mirrored again
-                continue
-            if isinstance(edited, Refusal):
-                return Refused(edited.reason)
-        for message_id in ids[len(parts) :]:
-            with contextlib.suppress(Gone):  # already deleted
-                await send_once(
-                    self.policy,
-                    thread.get_partial_message(message_id).delete,
-                    what=f"removing a surplus part of comment {comment.entry_id}",
-                )
-        kept = min(len(ids), len(parts))
-        return CommentEdited(
-            content_hash=comment.content_hash,
-            parts_sent=kept,
-            extra_message_ids=tuple(ids[1:kept]),
-            more_to_send=len(parts) > len(ids),
-        )
-
-    async def _edit_article(
-        self, sub: Subscription, channel: Channel, record: ArticleRecord, summary: DeliverySummary
-    ) -> None:
-        if record.starter_message_id is None or record.thread_id is None:
-            return
-        rendered = render_article(article_of(record), blog_title=sub.blog_title)
-        forum = isinstance(channel, discord.ForumChannel)
-        host_id = record.thread_id if forum else channel.id
-        message = self.client.get_partial_messageable(host_id).get_partial_message(
-            record.starter_message_id
-        )
-        [intent] = await self.courier.open(
-            [_article_intent(sub, record, IntentKind.ARTICLE_EDIT, channel_id=host_id)]
-        )
-        effect: Effect = ArticleEdited(record.content_hash)
-        try:
-            if forum:
-                # Discord refuses edits in an archived post (50083): reopen it first.
-                thread = await self._thread(record)
-                if thread is not None and thread.archived and not thread.locked:
-                    await send_once(
-                        self.policy,
-                        lambda: thread.edit(archived=False),
-                        what=f"reopening the post of {record.url}",
-                    )
-            edited = await send_once(
-                self.policy,
-                lambda: message.edit(
-                    content=rendered.content,
-                    embed=image_embed(rendered.image_url),
-                    allowed_mentions=NO_MENTIONS,
-                ),
-                what=f"editing the article message of {record.url}",
-            )
-            if isinstance(edited, Refusal):
-                effect = Refused(edited.reason)
-        except Gone:
-            log.info("Article message of %s is gone; not edited", record.url)
-        except DeliveryError as exc:
-            # One article that cannot be edited (a locked post) must not stop the rest.
-            log.warning("Could not edit the article message of %s: %s", record.url, exc)
-            await self.courier.complete(intent, Abandoned())  # still flagged: next poll
-            return
-        await self.courier.complete(intent, effect)
-        summary.edits += isinstance(effect, ArticleEdited)
-
-
-def _article_intent(
-    sub: Subscription, record: ArticleRecord, kind: IntentKind, *, channel_id: int | None = None
-) -> NewIntent:
-    return NewIntent(
-        subscription_id=sub.id,
-        kind=kind,
-        target_id=record.id,
-        channel_id=sub.channel_id if channel_id is None else channel_id,
-    )
 
 
 class _Counter:

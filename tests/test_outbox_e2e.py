@@ -7,10 +7,12 @@ server, and reads what Discord holds.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.render import comment_key, key_in
-from storage.records import ArticleState, CommentState
+from storage.outbox import NewIntent
+from storage.records import ArticleState, CommentState, IntentKind
 from tests.conftest import Harness
 from tests.feedgen import (
     ARTICLE_URL,
@@ -224,3 +226,24 @@ async def test_multi_part_comment_grows_then_is_removed(harness: Harness) -> Non
     [stored, _] = await harness.bot.comments.for_article(article.id)
     assert stored.parts_sent == 1 and stored.extra_message_ids == ()
     assert stored.state == CommentState.POSTED
+
+
+async def test_the_janitor_prunes_completed_intents_older_than_a_day(harness: Harness) -> None:
+    """The polling cog's hourly janitor forgets completed intents after a day, keeps the rest."""
+    url = serve(harness, [GenComment(1, at(1), "one comment")])
+    await harness.subscribe(url, harness.forum_id)
+    await harness.wait_for_thread_messages(harness.forum_id, 2)
+    sub = await subscription(harness)
+    outbox = harness.bot.outbox
+    [thread] = harness.double.threads(harness.forum_id)
+    [open_] = await outbox.open(
+        [NewIntent(sub.id, IntentKind.COMMENT_PART, 1, int(thread["id"]))],
+        now=datetime.now(UTC) - timedelta(days=3),
+    )
+    cog = harness.bot.get_cog("PollingCog")
+    assert cog is not None
+    harness.bot.mirror.clock = lambda: datetime.now(UTC) + timedelta(days=2)
+    await cog.janitor()  # type: ignore[attr-defined]
+    async with harness.bot.db.conn.execute("SELECT id FROM outbox") as cursor:
+        left = [row[0] async for row in cursor]
+    assert left == [open_.id]  # the completed ones went; the open one never does
