@@ -64,6 +64,7 @@ async def subscribed(harness: Harness) -> str:
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
     await harness.wait_for_thread_messages(harness.forum_id, 8)
+    await harness.wait_idle()
     return url
 
 
@@ -85,7 +86,7 @@ async def test_subscribe_names_missing_permissions(harness: Harness) -> None:
     """Without Send Messages in the channel, subscribe says which permission is missing."""
     serve_seed(harness)
     harness.double.deny_bot(harness.forum_id, P.SEND_MESSAGES)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     record = await harness.subscribe(harness.feeds.url(POSTS), harness.forum_id)
     assert "Send Messages" in text_of(record)
     assert harness.double.threads(harness.forum_id) == []
@@ -122,7 +123,7 @@ async def test_guilds_are_isolated(harness: Harness) -> None:
     url = await subscribed(harness)
     other = harness.double.add_guild("Elsewhere")
     other_text = harness.double.add_text_channel(other.id, "general")
-    await asyncio.sleep(0.3)
+    await harness.wait_gateway_applied()
     listing = await command(harness, "list", guild_id=other.id, channel_id=other_text.id)
     assert "No subscriptions" in text_of(listing)
     for sub in ("status", "pause", "unsubscribe"):
@@ -180,7 +181,7 @@ async def test_failing_disabled_and_recovered_reach_the_log_channel_once_each(
     """3 failures: one 'failing' message; 10: disabled, one message; resume: one 'recovered'."""
     url = await subscribed(harness)
     log_channel = harness.double.add_text_channel(harness.guild_id, "bot-log")
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     record = await command(harness, "logchannel", channel=log_channel.id)
     assert "reported" in text_of(record)
     harness.feeds.route(POSTS, b"down", status=500)
@@ -204,7 +205,12 @@ async def test_resync_recreates_a_deleted_thread_once(harness: Harness) -> None:
     await subscribed(harness)
     [thread] = harness.double.threads(harness.forum_id)
     harness.double.delete_thread(int(thread["id"]))
-    await asyncio.sleep(0.2)
+
+    def detached() -> bool:
+        row = harness.db.article_of_thread(int(thread["id"]))
+        return row is not None and row["state"] == "detached"
+
+    await harness.wait_for(detached, what="the bot to record the deleted thread")
     article_url = (
         "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
     )

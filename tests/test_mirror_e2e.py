@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +49,7 @@ async def test_subscribe_seed_into_a_forum(harness: Harness) -> None:
     record = await harness.subscribe(url, harness.forum_id)
     assert record.ephemeral
     await harness.wait_for_thread_messages(harness.forum_id, 8)
+    await harness.wait_idle()
     [thread] = harness.double.threads(harness.forum_id)
     assert thread["name"] == TITLE
     # The article's labels are CRC and HMI Probation; the forum has tags CRC and News.
@@ -65,6 +65,7 @@ async def test_subscribe_seed_into_a_text_channel(harness: Harness) -> None:
     url = serve_seed(harness)
     await harness.subscribe(url, harness.text_id)
     await harness.wait_for_thread_messages(harness.text_id, 8)
+    await harness.wait_idle()
     [thread] = harness.double.threads(harness.text_id)
     [starter] = [m for m in harness.double.messages(harness.text_id) if TITLE in m["content"]]
     assert thread["id"] == starter["id"]
@@ -239,6 +240,7 @@ async def test_discord_faults_on_message_creation_never_duplicate(harness: Harne
         if done:
             break
         await poll(harness)
+    await harness.wait_idle()
     _thread_id, messages = seed_thread(harness)
     texts = [m["content"] for m in messages[1:]]
     numbers = [int(t.rsplit("comment number ", 1)[1].split()[0]) for t in texts]
@@ -250,9 +252,10 @@ async def test_forum_requiring_a_tag_gets_its_first_tag(harness: Harness) -> Non
     forum = harness.double.add_forum_channel(
         harness.guild_id, "strict", tags=["Zeta", "Other"], require_tag=True
     )
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     await harness.subscribe(serve_seed(harness), forum.id)
     await harness.wait_for_thread_messages(forum.id, 8)
+    await harness.wait_idle()
     [thread] = harness.double.threads(forum.id)
     tags = {t["id"]: t["name"] for t in harness.double.channel(forum.id)["available_tags"]}
     assert [tags[t] for t in thread["applied_tags"]] == ["Zeta"]
@@ -264,7 +267,7 @@ async def test_archived_thread_is_reopened_by_the_next_comment(harness: Harness)
     await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, _ = seed_thread(harness)
     harness.double.archive_thread(thread_id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     comments_page(harness, [GenComment(61, at(5000), "Reviving this thread")])
     await poll(harness)
     messages = harness.double.messages(thread_id)
@@ -281,7 +284,7 @@ async def test_locked_thread_gets_nothing_and_says_why_in_the_log(
     await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, _ = seed_thread(harness)
     harness.double.lock_thread(thread_id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     comments_page(harness, [GenComment(62, at(5000), "Too late")])
     await poll(harness)
     assert len(harness.double.messages(thread_id)) == 8
@@ -291,11 +294,11 @@ async def test_locked_thread_gets_nothing_and_says_why_in_the_log(
 async def test_a_deleted_channel_marks_the_subscription_failing(harness: Harness) -> None:
     """When the channel is gone, the poll records a clear error instead of crashing."""
     text = harness.double.add_text_channel(harness.guild_id, "doomed")
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     await harness.subscribe(serve_seed(harness), text.id)
     await harness.wait_for_thread_messages(text.id, 8)
     harness.double.delete_channel(text.id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     comments_page(harness, [GenComment(63, at(5000), "Anyone?")])
     record = await poll(harness)
     assert "no longer exists" in "\n".join(record.contents)
@@ -312,7 +315,7 @@ async def test_changed_article_in_an_archived_post_is_edited(harness: Harness) -
     await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, messages = seed_thread(harness)
     harness.double.archive_thread(thread_id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     body = (SEED / "posts.atom.xml").read_bytes().replace(b"Twitter", b"Mastodon")
     harness.feeds.route("/feeds/posts/default", body, etag='"p2"')
     record = await poll(harness)
