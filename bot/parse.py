@@ -28,9 +28,8 @@ import feedparser
 from bot import rawxml
 from bot.errors import FeedParseError, NotAFeedError
 from bot.models import Article, Comment, Dialect, ParsedFeed
-from bot.rawxml import looks_like_feed
 
-__all__ = ["looks_like_feed", "parse_feed"]
+__all__ = ["parse_feed"]
 
 
 Kind = Literal["posts", "comments"]

@@ -16,7 +16,8 @@ import pytest
 from bot import rawxml
 from bot.errors import FeedParseError, NotAFeedError
 from bot.models import Article, Comment, Dialect, ParsedFeed
-from bot.parse import _end_first_line, looks_like_feed, parse_feed
+from bot.parse import _end_first_line, parse_feed
+from bot.rawxml import looks_like_feed
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real"
