@@ -35,6 +35,7 @@ from bench.common import (
     InvalidRunError,
     RouteSpec,
     ServerProcess,
+    all_due,
     blogger_posts_feed,
     pin_apart,
     run,
@@ -100,7 +101,7 @@ async def measure(
             bare_ms: list[float] = []
             for _ in range(rounds):
                 bare_ms.append(await _cpu_ms_per_poll(bare_jobs, concurrency))
-                current = await repo.list_all()  # what a scheduler would hand the poller
+                current = await all_due(repo, subscriptions)
                 bot_ms.append(await _cpu_ms_per_poll(bot_jobs(current), concurrency))
         finally:
             await bot_session.close()
