@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from bot.discovery import discover_feed
 from bot.errors import BlogMirrorError, FeedError
 from bot.fetch import Fetcher, check_url
-from bot.ingest import Ingestor, PollSummary
+from bot.ingest import Ingestor
 from bot.models import ParsedFeed
 from bot.parse import parse_feed
 from bot.polling import FAILING_AFTER, Poller, PollOutcome
@@ -134,9 +134,6 @@ class BlogService:
             )
         return matches[0]
 
-    async def poll_now(self, sub: Subscription) -> PollOutcome:
-        return await self.poller.poll(sub)
-
     async def set_paused(self, sub: Subscription, paused: bool) -> Subscription:
         if paused:
             await self.subscriptions.set_state(sub.id, SubscriptionState.PAUSED)
@@ -161,12 +158,3 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, FeedError | BlogMirrorError):
         return str(exc)
     return "Something went wrong on our side; the details are in the bot's log."
-
-
-def describe_summary(summary: PollSummary | None) -> str:
-    if summary is None:
-        return "nothing read"
-    return (
-        f"{summary.new_articles} new article(s), {summary.new_comments} new comment(s), "
-        f"{summary.changed_articles + summary.changed_comments} change(s)"
-    )
