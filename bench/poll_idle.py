@@ -41,7 +41,7 @@ from bench.common import (
     run,
 )
 from bot.fetch import Fetcher, create_session
-from bot.ingest import Ingestor
+from bot.ingest import Ingestor, PollSummary
 from bot.polling import Poller
 from bot.settings import DEFAULTS
 from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
@@ -155,10 +155,15 @@ def _bot_poll(poller: Poller, sub: Subscription) -> Job:
     async def job() -> None:
         outcome = await poller.poll(sub)
         summary = outcome.summary
-        if summary is None or not summary.posts_not_modified or summary.anything_new:
+        if summary is None or not summary.posts_not_modified or _found_anything(summary):
             raise InvalidRunError(f"poll of {sub.feed_url} was not idle: {outcome}")
 
     return job
+
+
+def _found_anything(summary: PollSummary) -> bool:
+    news = (summary.new_articles, summary.new_comments)
+    return any((*news, summary.changed_articles, summary.changed_comments))
 
 
 def _bare_poll(session: aiohttp.ClientSession, urls: tuple[str, str]) -> Job:

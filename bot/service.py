@@ -18,7 +18,6 @@ from bot.discovery import discover_feed
 from bot.errors import BlogMirrorError, FeedError
 from bot.fetch import Fetcher, check_url
 from bot.ingest import Ingestor
-from bot.models import ParsedFeed
 from bot.parse import parse_feed
 from bot.polling import FAILING_AFTER, Poller, PollOutcome
 from storage import ArticleRepo, DuplicateSubscriptionError, SubscriptionRepo
@@ -36,8 +35,8 @@ class NotFoundError(BlogMirrorError):
 @dataclass(frozen=True, slots=True)
 class Subscribed:
     subscription: Subscription
-    feed: ParsedFeed
     outcome: PollOutcome
+    """Of the first poll, which recorded the newest articles as pending and the rest as seen."""
 
 
 class BlogService:
@@ -111,7 +110,7 @@ class BlogService:
         outcome = await self.poller.poll(sub)
         fresh = await self.subscriptions.get(sub.id)
         assert fresh is not None
-        return Subscribed(fresh, feed, outcome)
+        return Subscribed(fresh, outcome)
 
     async def resolve(self, guild_id: int, feed: str) -> Subscription:
         """The guild's subscription named by a feed URL or blog URL (or its id)."""

@@ -297,6 +297,7 @@ async def test_resync_finds_an_article_older_than_the_subscription(harness: Harn
     url = serve_seed(harness)
     record = await harness.subscribe(url, harness.forum_id, backfill=0)
     await record.wait_for(lambda r: "Done." in text_of(r))
+    assert "1 older article(s) are recorded and won't be posted" in text_of(record)
     assert harness.double.threads(harness.forum_id) == []
     article_url = (
         "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
