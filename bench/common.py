@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Self
 from xml.sax.saxutils import escape, quoteattr
 
 if TYPE_CHECKING:
+    from storage import SubscriptionRepo
+    from storage.records import Subscription
     from tests.feedserver import FeedServer
 
 _STOP = "stop"
@@ -70,6 +72,20 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = math.ceil(fraction * len(ordered) - 1e-9)  # 0.99 * 100 must give rank 99
     return ordered[min(max(rank, 1), len(ordered)) - 1]
+
+
+# --- subscriptions ------------------------------------------------------------------------
+
+
+async def all_due(repo: SubscriptionRepo, count: int) -> list[Subscription]:
+    """Up to ``count`` active subscriptions, as the polling scheduler gets them when all are due.
+
+    That is its own query (``list_due``) asked at the end of time, so every poll
+    starts from each subscription's stored state. In id order, the order they
+    were added, so the n-th is blog n.
+    """
+    due = await repo.list_due(datetime.max.replace(tzinfo=UTC), count)
+    return sorted(due, key=lambda sub: sub.id)
 
 
 # --- feed server in another process -----------------------------------------------------

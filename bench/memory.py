@@ -52,6 +52,7 @@ from bench.common import (
     InvalidRunError,
     RouteSpec,
     ServerProcess,
+    all_due,
     blogger_comments_feed,
     blogger_posts_feed,
     pin_apart,
@@ -306,7 +307,8 @@ async def measure(
             )
             poller = Poller(Ingestor(fetcher, repo, ArticleRepo(db), CommentRepo(db)), repo)
             for number in range(rounds):
-                outcomes = await _poll_all(poller, await repo.list_all(), concurrency)
+                due = await all_due(repo, subscriptions)
+                outcomes = await _poll_all(poller, due, concurrency)
                 _check_round(outcomes, first=number == 0)
                 if trace_top and number == 0:
                     _print_top(trace_top)
@@ -340,7 +342,7 @@ async def _poll_all(
 
 
 async def _check_database(repo: SubscriptionRepo, subscriptions: int, per_blog: int) -> None:
-    subs = await repo.list_all()
+    subs = await all_due(repo, subscriptions + 1)
     if len(subs) != subscriptions:
         raise InvalidRunError(f"the database holds {len(subs)} subscriptions")
     for sub in (subs[0], subs[-1]):

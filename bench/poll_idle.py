@@ -35,12 +35,13 @@ from bench.common import (
     InvalidRunError,
     RouteSpec,
     ServerProcess,
+    all_due,
     blogger_posts_feed,
     pin_apart,
     run,
 )
 from bot.fetch import Fetcher, create_session
-from bot.ingest import Ingestor
+from bot.ingest import Ingestor, PollSummary
 from bot.polling import Poller
 from bot.settings import DEFAULTS
 from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
@@ -100,7 +101,7 @@ async def measure(
             bare_ms: list[float] = []
             for _ in range(rounds):
                 bare_ms.append(await _cpu_ms_per_poll(bare_jobs, concurrency))
-                current = await repo.list_all()  # what a scheduler would hand the poller
+                current = await all_due(repo, subscriptions)
                 bot_ms.append(await _cpu_ms_per_poll(bot_jobs(current), concurrency))
         finally:
             await bot_session.close()
@@ -154,10 +155,15 @@ def _bot_poll(poller: Poller, sub: Subscription) -> Job:
     async def job() -> None:
         outcome = await poller.poll(sub)
         summary = outcome.summary
-        if summary is None or not summary.posts_not_modified or summary.anything_new:
+        if summary is None or not summary.posts_not_modified or _found_anything(summary):
             raise InvalidRunError(f"poll of {sub.feed_url} was not idle: {outcome}")
 
     return job
+
+
+def _found_anything(summary: PollSummary) -> bool:
+    news = (summary.new_articles, summary.new_comments)
+    return any((*news, summary.changed_articles, summary.changed_comments))
 
 
 def _bare_poll(session: aiohttp.ClientSession, urls: tuple[str, str]) -> Job:

@@ -21,14 +21,13 @@ from yarl import URL
 
 from bot.errors import FeedError, NotAFeedError
 from bot.fetch import Fetcher, FetchResult
+from bot.rawxml import looks_like_feed
 
 log = logging.getLogger(__name__)
 
 BLOGGER_POSTS_PATH: Final = "/feeds/posts/default"
 # A homepage may list several feeds; trying a few is enough and bounds the requests.
 MAX_CANDIDATES: Final = 3
-_SNIFF_BYTES: Final = 1024
-_FEED_STARTS: Final = (b"<?xml", b"<rss", b"<feed", b"<rdf")
 _FEED_TYPES: Final = {"application/atom+xml": 0, "application/rss+xml": 1}
 # Comment feeds are announced with localised titles: "Comments Feed", "Kommentar-Feed",
 # "Flux des commentaires", "Feed de comentarios".
@@ -54,7 +53,7 @@ async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
     """
     page = await fetcher.fetch(url)
     body = page.body or b""
-    if _looks_like_feed(body):
+    if looks_like_feed(body):
         return DiscoveredFeed(feed_url=page.url, blog_url=None, body=page)
     if not body.strip():
         raise NotAFeedError(f"{page.url} answered with an empty page: paste the feed URL instead.")
@@ -94,7 +93,7 @@ async def _fetch_feed(fetcher: Fetcher, candidates: list[str], *, blog_url: str)
             log.debug("Feed candidate %s failed: %s", candidate, exc)
             failures.append(exc)
             continue
-        if _looks_like_feed(result.body or b""):
+        if looks_like_feed(result.body or b""):
             return DiscoveredFeed(feed_url=result.url, blog_url=blog_url, body=result)
         failures.append(
             NotAFeedError(
@@ -103,19 +102,6 @@ async def _fetch_feed(fetcher: Fetcher, candidates: list[str], *, blog_url: str)
             )
         )
     raise failures[0]
-
-
-def _looks_like_feed(body: bytes) -> bool:
-    """Cheap sniff: does the body start like an XML feed rather than a web page?
-
-    An XML declaration alone is not enough: classic Blogger templates are XHTML
-    and begin with ``<?xml`` too, so a page with ``<html`` or an HTML doctype near
-    the top is not a feed.
-    """
-    head = body[:_SNIFF_BYTES].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
-    if not head.startswith(_FEED_STARTS):
-        return False
-    return not (head.startswith(b"<?xml") and (b"<html" in head or b"<!doctype html" in head))
 
 
 def _is_blogger(info: _PageInfo, page_url: str) -> bool:

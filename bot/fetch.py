@@ -116,17 +116,18 @@ def check_url(url: str) -> str:
     return str(_validated(parsed, shown=text))
 
 
-def check_hop(url: str, *, allow_private: bool) -> str:
-    """Run the checks every request target gets (first URL and each redirect).
+def check_hop(url: URL, *, allow_private: bool) -> URL:
+    """Run the checks every request target gets (the first URL and each redirect).
 
-    That is ``check_url`` plus, unless private addresses are allowed, refusing an
-    IP-literal host in a forbidden range. Host names are not resolved here: the
-    session's ``GuardedResolver`` checks them at connect time.
+    An http(s) URL with a host and a valid port, without its fragment, and, unless
+    private addresses are allowed, no IP-literal host in a forbidden range. Host
+    names are not resolved here: the session's ``GuardedResolver`` checks them at
+    connect time.
     """
-    checked = URL(check_url(url))
+    checked = _validated(url, shown=_shown(url))
     if not allow_private:
         check_literal_host(checked)
-    return str(checked)
+    return checked
 
 
 def _looks_like_bare_host(text: str) -> bool:
@@ -249,9 +250,7 @@ class Fetcher:
         chain = [url]
         status = 0
         for _ in range(MAX_REDIRECTS + 1):
-            _validated(url, shown=_shown(url))
-            if not self._allow_private:
-                check_literal_host(url)
+            url = check_hop(url, allow_private=self._allow_private)
             try:
                 async with self._session.get(
                     url, headers=headers, allow_redirects=False, timeout=_NO_AIOHTTP_TIMEOUT

@@ -72,12 +72,6 @@ class PollSummary:
     warnings: list[str] = field(default_factory=list)
     blog_title: str | None = None
 
-    @property
-    def anything_new(self) -> bool:
-        return bool(
-            self.new_articles or self.changed_articles or self.new_comments or self.changed_comments
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Fetched:

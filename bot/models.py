@@ -33,7 +33,6 @@ class Article:
     image_url: str | None = None
     labels: tuple[str, ...] = ()
     comments_feed_url: str | None = None
-    comment_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +47,6 @@ class Comment:
     html: str
     permalink: str
     author_url: str | None = None
-    avatar_url: str | None = None
     removed: bool = False
 
 
@@ -64,5 +62,4 @@ class ParsedFeed:
     comments: tuple[Comment, ...] = ()
     next_url: str | None = None
     comments_feed_url: str | None = None  # blog-wide comments feed, where the dialect has one
-    total_results: int | None = None
     warnings: tuple[str, ...] = field(default=())

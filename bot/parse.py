@@ -28,9 +28,8 @@ import feedparser
 from bot import rawxml
 from bot.errors import FeedParseError, NotAFeedError
 from bot.models import Article, Comment, Dialect, ParsedFeed
-from bot.rawxml import looks_like_feed
 
-__all__ = ["looks_like_feed", "parse_feed"]
+__all__ = ["parse_feed"]
 
 
 Kind = Literal["posts", "comments"]
@@ -42,7 +41,6 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "html", "xhtml"})
 _ITUNES_SCHEME = "http://www.itunes.com/"
 _COMMENT_MARK = "#comment-"
 _BLOGGER_POST_MARK = ".post-"
-_BLOGGER_PLACEHOLDER_AVATARS = ("/img/blank.gif", "/img/b16-rounded.gif")
 _BLOGGER_SMALL_THUMB = re.compile(r"/s72(?:-[\w-]*)?-c/")
 _BLOGGER_POSTS_PATH = re.compile(r"/feeds/(?:(\d+)/)?posts/(?:default|summary)/?$")
 _BLOGGER_COMMENTS_PATH = re.compile(r"/feeds/(?:\d+/)?comments/default/?$")
@@ -97,7 +95,6 @@ def parse_feed(
         comments=tuple(_comment(e, context) for e in entries) if kind == "comments" else (),
         next_url=_absolute(base_url, _link(feed, "next")),
         comments_feed_url=_blog_comments_feed(dialect, kind, url, site_url, _link(feed, "self")),
-        total_results=_int(feed.get("opensearch_totalresults")),
         warnings=tuple(warnings),
     )
 
@@ -293,7 +290,6 @@ def _article(item: _Item, context: _Context) -> Article:
         image_url=_image_url(entry, body, url or context.base_url),
         labels=_labels(entry),
         comments_feed_url=_absolute(context.base_url, _comments_feed(entry)),
-        comment_count=_int(entry.get("thr_total", entry.get("slash_comments"))),
     )
 
 
@@ -313,7 +309,6 @@ def _comment(item: _Item, context: _Context) -> Comment:
         html=_entry_html(entry, context.dialect),
         permalink=_absolute(context.base_url, permalink) or "",
         author_url=_absolute(context.base_url, str(detail.get("href") or "") or None),
-        avatar_url=_avatar_url(entry),
         removed=item.raw.removed,
     )
 
@@ -488,15 +483,6 @@ def _image_url(entry: Entry, body: str, base_url: str | None) -> str | None:
     return None
 
 
-def _avatar_url(entry: Entry) -> str | None:
-    """The commenter's ``gd:image``, except Blogger's blank placeholders."""
-    image = entry.get("gd_image") or {}
-    src = str(image.get("src") or "")
-    if not src or src.endswith(_BLOGGER_PLACEHOLDER_AVATARS):
-        return None
-    return _https_if_relative_scheme(src)
-
-
 # --- small helpers -------------------------------------------------------------------------------
 
 
@@ -554,11 +540,3 @@ def _own(entry: Entry, key: str) -> Any:
     if key not in entry:
         return None
     return entry[key]
-
-
-def _int(value: Any) -> int | None:
-    """An integer from feed text such as ``thr:total``, or None."""
-    try:
-        return int(str(value).strip()) if value is not None else None
-    except ValueError:
-        return None

@@ -39,12 +39,11 @@ class HealthChange(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PollOutcome:
-    subscription_id: int
+    """One poll's result; the subscription's stored state says the rest (next poll, status)."""
+
     summary: PollSummary | None
     error: str | None
-    status: int | None
     failures: int
-    next_poll_at: datetime
     change: HealthChange | None
 
 
@@ -106,14 +105,17 @@ class Poller:
         if change:
             log.info("Feed %s recovered after %d failures", sub.feed_url, sub.consecutive_failures)
         log.debug(
-            "Polled %s: %d new articles, %d new comments, %d changed, %d requests",
+            "Polled %s: posts feed %s, %d new articles, %d new comments, %d changed, %d requests",
             sub.feed_url,
+            "unchanged" if summary.posts_not_modified else "read",
             summary.new_articles,
             summary.new_comments,
             summary.changed_articles + summary.changed_comments,
             summary.requests,
         )
-        return PollOutcome(sub.id, summary, None, None, 0, next_poll_at, change)
+        for warning in summary.warnings:  # the poll succeeded, but not all of it
+            log.info("Poll of %s: %s", sub.feed_url, warning)
+        return PollOutcome(summary, None, 0, change)
 
     async def record_failure(
         self,
@@ -153,4 +155,4 @@ class Poller:
             log.warning("Feed %s is failing (%d in a row): %s", sub.feed_url, failures, error)
         else:
             log.info("Poll of %s failed (%d in a row): %s", sub.feed_url, failures, error)
-        return PollOutcome(sub.id, None, error, status, failures, next_poll_at, change)
+        return PollOutcome(None, error, failures, change)

@@ -17,8 +17,7 @@ from datetime import UTC, datetime, timedelta
 from bot.discovery import discover_feed
 from bot.errors import BlogMirrorError, FeedError
 from bot.fetch import Fetcher, check_url
-from bot.ingest import Ingestor, PollSummary
-from bot.models import ParsedFeed
+from bot.ingest import Ingestor
 from bot.parse import parse_feed
 from bot.polling import FAILING_AFTER, Poller, PollOutcome
 from storage import ArticleRepo, DuplicateSubscriptionError, SubscriptionRepo
@@ -36,8 +35,8 @@ class NotFoundError(BlogMirrorError):
 @dataclass(frozen=True, slots=True)
 class Subscribed:
     subscription: Subscription
-    feed: ParsedFeed
     outcome: PollOutcome
+    """Of the first poll, which recorded the newest articles as pending and the rest as seen."""
 
 
 class BlogService:
@@ -111,7 +110,7 @@ class BlogService:
         outcome = await self.poller.poll(sub)
         fresh = await self.subscriptions.get(sub.id)
         assert fresh is not None
-        return Subscribed(fresh, feed, outcome)
+        return Subscribed(fresh, outcome)
 
     async def resolve(self, guild_id: int, feed: str) -> Subscription:
         """The guild's subscription named by a feed URL or blog URL (or its id)."""
@@ -133,9 +132,6 @@ class BlogService:
                 "mean from the suggestions."
             )
         return matches[0]
-
-    async def poll_now(self, sub: Subscription) -> PollOutcome:
-        return await self.poller.poll(sub)
 
     async def set_paused(self, sub: Subscription, paused: bool) -> Subscription:
         if paused:
@@ -161,12 +157,3 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, FeedError | BlogMirrorError):
         return str(exc)
     return "Something went wrong on our side; the details are in the bot's log."
-
-
-def describe_summary(summary: PollSummary | None) -> str:
-    if summary is None:
-        return "nothing read"
-    return (
-        f"{summary.new_articles} new article(s), {summary.new_comments} new comment(s), "
-        f"{summary.changed_articles + summary.changed_comments} change(s)"
-    )

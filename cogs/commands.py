@@ -156,7 +156,8 @@ class BlogCommands(
         )
         sub = done.subscription
         counts = await self.bot.subscriptions.counts(sub.id)
-        skipped = len(done.feed.articles) - counts.pending_articles
+        summary = done.outcome.summary
+        skipped = summary.skipped_articles if summary else 0
         lines = [
             f"✅ Subscribed **{escape_text(sub.display_name)}** in {resolved.mention}.",
             f"Feed: <{sub.feed_url}> ({sub.dialect})",

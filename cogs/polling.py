@@ -29,6 +29,8 @@ class PollingCog(commands.Cog):
         self.bot = bot
         self.gate = asyncio.Semaphore(bot.settings.poll_concurrency)
         self.running: dict[int, asyncio.Task[None]] = {}
+        self.completed_rounds = 0
+        """Scheduler ticks finished so far: lets tests wait for a round instead of sleeping."""
 
     async def cog_load(self) -> None:
         self.scheduler.start()
@@ -51,6 +53,8 @@ class PollingCog(commands.Cog):
                     self._start(sub)
         except Exception:
             log.exception("Polling scheduler tick failed")
+        finally:
+            self.completed_rounds += 1
 
     @tasks.loop(hours=1)
     async def janitor(self) -> None:

@@ -92,10 +92,6 @@ class SubscriptionRepo:
         ) as cursor:
             return [Subscription.from_row(row) async for row in cursor]
 
-    async def list_all(self) -> list[Subscription]:
-        async with self.db.conn.execute("SELECT * FROM subscriptions ORDER BY id") as cursor:
-            return [Subscription.from_row(row) async for row in cursor]
-
     async def find_in_guild(self, guild_id: int, url: str) -> list[Subscription]:
         """Subscriptions of this guild whose feed URL or blog URL is ``url``."""
         candidates = _url_variants(url)
@@ -139,13 +135,6 @@ class SubscriptionRepo:
             """
         ) as cursor:
             return [Subscription.from_row(row) async for row in cursor]
-
-    async def next_due_at(self) -> datetime | None:
-        async with self.db.conn.execute(
-            "SELECT min(next_poll_at) FROM subscriptions WHERE state = 'active'"
-        ) as cursor:
-            row = await cursor.fetchone()
-        return datetime.fromisoformat(row[0]) if row and row[0] else None
 
     async def record_success(
         self, subscription_id: int, *, now: datetime, next_poll_at: datetime

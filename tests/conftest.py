@@ -18,6 +18,7 @@ from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
 from storage import Database
+from tests.dbview import DatabaseView
 from tests.discord_double import DiscordDouble, RateLimits
 from tests.feedserver import FeedServer, guard_loopback_only
 
@@ -78,9 +79,55 @@ class Harness:
     async def wait_for(
         self, predicate: Callable[[], bool], *, timeout: float = 15.0, what: str = "condition"
     ) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+    @property
+    def db(self) -> DatabaseView:
+        """The bot's database, read-only, for waiting on what the bot recorded."""
+        return DatabaseView(self.database_path)
+
+    @property
+    def polling(self) -> Any:
+        """The polling cog (its scheduler's ``running`` tasks and ``completed_rounds``).
+
+        Extensions are loaded as fresh modules, so its class is not the one tests import.
+        """
+        cog = self.bot.get_cog("PollingCog")
+        assert cog is not None
+        return cog
+
+    def busy(self) -> bool:
+        """True while a poll-and-deliver cycle runs or waits to run."""
+        if self.polling.running:
+            return True
+        # A cycle holds its subscription's lock from start to end.
+        return any(self.bot.subscription_lock(i).locked() for i in self.db.subscription_ids())
+
+    async def wait_idle(self, *, timeout: float = 30.0) -> None:
+        """Until the bot has nothing left to do: no cycle running, and nothing pending,
+        to edit or half-sent in its database. Then whatever it was going to post is posted."""
+        await self.wait_for(
+            lambda: not self.busy() and self.db.unfinished() == 0,
+            timeout=timeout,
+            what="the bot to finish its work",
+        )
+
+    async def wait_gateway_applied(self) -> None:
+        """Until the bot has received and applied every gateway event sent to it so far.
+
+        discord.py updates its cache (channels, threads, permissions) as each event
+        arrives; listeners (cogs) run after, so wait on what they record instead.
+        """
+        session = self.double.gateway.sessions[self.bot.ws.session_id]
+        sent = session.seq
+        await self.wait_for(
+            lambda: (self.bot.ws.sequence or 0) >= sent, what=f"gateway event #{sent}"
+        )
 
     def thread_messages(self, parent_id: int) -> list[list[dict[str, Any]]]:
         return [self.double.messages(int(t["id"])) for t in self.double.threads(parent_id)]

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Harness
+from tests.conftest import Harness, running_bot
 from tests.discord_double import CommandNotAvailable, P
 from tests.feedgen import GenComment, at, blogger_comments
-from tests.feedserver import FIXTURES
+from tests.feedserver import FIXTURES, guard_loopback_only
 
 POSTS = "/feeds/posts/default"
 TITLE = "Great Leadership, But Poor Output?"
@@ -64,6 +65,7 @@ async def subscribed(harness: Harness) -> str:
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
     await harness.wait_for_thread_messages(harness.forum_id, 8)
+    await harness.wait_idle()
     return url
 
 
@@ -85,7 +87,7 @@ async def test_subscribe_names_missing_permissions(harness: Harness) -> None:
     """Without Send Messages in the channel, subscribe says which permission is missing."""
     serve_seed(harness)
     harness.double.deny_bot(harness.forum_id, P.SEND_MESSAGES)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     record = await harness.subscribe(harness.feeds.url(POSTS), harness.forum_id)
     assert "Send Messages" in text_of(record)
     assert harness.double.threads(harness.forum_id) == []
@@ -122,7 +124,7 @@ async def test_guilds_are_isolated(harness: Harness) -> None:
     url = await subscribed(harness)
     other = harness.double.add_guild("Elsewhere")
     other_text = harness.double.add_text_channel(other.id, "general")
-    await asyncio.sleep(0.3)
+    await harness.wait_gateway_applied()
     listing = await command(harness, "list", guild_id=other.id, channel_id=other_text.id)
     assert "No subscriptions" in text_of(listing)
     for sub in ("status", "pause", "unsubscribe"):
@@ -136,19 +138,44 @@ async def test_guilds_are_isolated(harness: Harness) -> None:
     assert "active" in text_of(mine)
 
 
-async def test_pause_stops_requests_and_resume_restarts(harness: Harness) -> None:
-    """A paused feed is not fetched by poll; resume polls it at once."""
-    url = await subscribed(harness)
-    paused = await command(harness, "pause", feed=url)
-    assert "Paused" in text_of(paused)
-    before = harness.feeds.hits(POSTS)
-    refused = await command(harness, "poll", feed=url)
-    assert "no active subscription" in text_of(refused).lower()
-    await asyncio.sleep(1.5)  # a scheduler tick or two
-    assert harness.feeds.hits(POSTS) == before
-    resumed = await command(harness, "resume", feed=url)
-    assert "Resumed" in text_of(resumed)
-    assert harness.feeds.hits(POSTS) == before + 1
+async def test_pause_holds_back_a_due_subscription_and_resume_posts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused feed that is due is neither polled by the scheduler nor by poll; resume posts."""
+    guard_loopback_only(monkeypatch)
+    async with running_bot(tmp_path, poll_interval_seconds=1) as harness:
+        url = await subscribed(harness)
+        paused = await command(harness, "pause", feed=url)
+        assert "Paused" in text_of(paused)
+        await harness.wait_idle()  # a scheduled poll that began before the pause is over
+
+        def due() -> bool:
+            [row] = harness.db.rows("SELECT next_poll_at FROM subscriptions")
+            return datetime.fromisoformat(row["next_poll_at"]) <= datetime.now(UTC)
+
+        # The interval is 1 s: the subscription is due again a second after its last poll.
+        await harness.wait_for(due, what="the subscription to be due")
+        harness.feeds.route(
+            "/feeds/comments/default",
+            blogger_comments([GenComment(43, at(4000), "Written while paused")]),
+        )
+        requests = len(harness.feeds.requests)
+        refused = await command(harness, "poll", feed=url)
+        assert "no active subscription" in text_of(refused).lower()
+        polling = harness.polling
+        rounds = polling.completed_rounds
+        # The round under way may have begun before the poll command; the next one did not.
+        await harness.wait_for(
+            lambda: polling.completed_rounds >= rounds + 2, what="two scheduler rounds"
+        )
+        await harness.wait_idle()
+        assert len(harness.feeds.requests) == requests, "a paused feed was fetched"
+        [thread] = harness.double.threads(harness.forum_id)
+        assert len(harness.double.messages(int(thread["id"]))) == 8
+        resumed = await command(harness, "resume", feed=url)
+        assert "Resumed" in text_of(resumed)
+        assert len(harness.feeds.requests) > requests
+        assert "Written while paused" in harness.double.messages(int(thread["id"]))[-1]["content"]
 
 
 async def test_unsubscribe_stops_requests_and_keeps_threads(harness: Harness) -> None:
@@ -180,7 +207,7 @@ async def test_failing_disabled_and_recovered_reach_the_log_channel_once_each(
     """3 failures: one 'failing' message; 10: disabled, one message; resume: one 'recovered'."""
     url = await subscribed(harness)
     log_channel = harness.double.add_text_channel(harness.guild_id, "bot-log")
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     record = await command(harness, "logchannel", channel=log_channel.id)
     assert "reported" in text_of(record)
     harness.feeds.route(POSTS, b"down", status=500)
@@ -204,7 +231,12 @@ async def test_resync_recreates_a_deleted_thread_once(harness: Harness) -> None:
     await subscribed(harness)
     [thread] = harness.double.threads(harness.forum_id)
     harness.double.delete_thread(int(thread["id"]))
-    await asyncio.sleep(0.2)
+
+    def detached() -> bool:
+        row = harness.db.article_of_thread(int(thread["id"]))
+        return row is not None and row["state"] == "detached"
+
+    await harness.wait_for(detached, what="the bot to record the deleted thread")
     article_url = (
         "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
     )
@@ -265,6 +297,7 @@ async def test_resync_finds_an_article_older_than_the_subscription(harness: Harn
     url = serve_seed(harness)
     record = await harness.subscribe(url, harness.forum_id, backfill=0)
     await record.wait_for(lambda r: "Done." in text_of(r))
+    assert "1 older article(s) are recorded and won't be posted" in text_of(record)
     assert harness.double.threads(harness.forum_id) == []
     article_url = (
         "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"

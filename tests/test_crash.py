@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_TOKEN
+from tests.dbview import DatabaseView
 from tests.discord_double import DiscordDouble
 from tests.feedgen import GenComment, at, blogger_comments, blogger_post, blogger_posts
 from tests.feedserver import FeedServer
@@ -42,6 +43,7 @@ class World:
         self.text = double.add_text_channel(self.guild.id, "general")
         self.process: asyncio.subprocess.Process | None = None
         self.log = tmp_path / "bot.log"
+        self.db = DatabaseView(tmp_path / "blogmirror.db")
 
     async def start_bot(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD")}
@@ -50,7 +52,7 @@ class World:
                 "PYTHONPATH": str(ROOT),
                 "DOUBLE_URL": self.double.url,
                 "DISCORD_TOKEN": TEST_TOKEN,
-                "DATABASE_PATH": str(self.tmp_path / "blogmirror.db"),
+                "DATABASE_PATH": str(self.db.path),
                 "ALLOW_PRIVATE_ADDRESSES": "true",
                 "DEV_GUILD_ID": str(self.guild.id),
                 "POLL_INTERVAL_SECONDS": "3600",
@@ -97,12 +99,26 @@ class World:
     def threads(self) -> list[str]:
         return [t["name"] for t in self.double.threads(self.forum.id)]
 
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.returncode is not None:
+            raise AssertionError(f"bot exited: {self.log.read_text()[-3000:]}")
+
     async def wait_for_comments(self, count: int, timeout: float = 60) -> None:
         async with asyncio.timeout(timeout):
             while len(self.comment_numbers()) < count:
-                if self.process is not None and self.process.returncode is not None:
-                    raise AssertionError(f"bot exited: {self.log.read_text()[-3000:]}")
+                self.check_alive()
                 await asyncio.sleep(0.02)
+
+    async def wait_delivered(self, timeout: float = 60) -> None:
+        """Until the bot's database says all is delivered: nothing pending, no send open.
+
+        Then anything the bot was going to post is in Discord, so counting the
+        messages after this proves there are no extra ones.
+        """
+        async with asyncio.timeout(timeout):
+            while self.db.unfinished():
+                self.check_alive()
+                await asyncio.sleep(0.05)
 
     async def subscribe(self, backfill: int = 1) -> None:
         async with asyncio.timeout(20):
@@ -151,7 +167,7 @@ async def test_sigkill_mid_backfill_then_restart_gives_each_comment_once(world: 
     await world.kill_bot()
     await world.start_bot()
     await world.wait_for_comments(COMMENTS)
-    await asyncio.sleep(0.5)  # anything extra would show up now
+    await world.wait_delivered()
     assert sorted(world.comment_numbers()) == list(range(COMMENTS))
     assert world.threads() == ["Great Leadership, But Poor Output?"]
 
@@ -190,7 +206,7 @@ async def test_randomised_kills(world: World) -> None:
         await world.start_bot()
     assert kills >= 10, f"only {kills} kills landed before the backfill finished"
     await world.wait_for_comments(120, timeout=120)
-    await asyncio.sleep(0.5)
+    await world.wait_delivered()
     counts = Counter(world.comment_numbers())
     assert sorted(counts) == list(range(120))
     assert set(counts.values()) == {1}
@@ -212,7 +228,7 @@ async def test_sigterm_stops_cleanly_and_restart_finishes(world: World) -> None:
     assert "Traceback" not in log
     await world.start_bot()
     await world.wait_for_comments(COMMENTS)
-    await asyncio.sleep(0.5)
+    await world.wait_delivered()
     assert sorted(world.comment_numbers()) == list(range(COMMENTS))
 
 
@@ -248,6 +264,6 @@ async def test_kill_between_discord_answer_and_record(
         world.double.post_message(int(thread["id"]), f"member chatter {n}")
     await world.start_bot()
     await world.wait_for_comments(COMMENTS)
-    await asyncio.sleep(0.5)
+    await world.wait_delivered()
     assert sorted(world.comment_numbers()) == list(range(COMMENTS))
     assert world.threads() == ["Great Leadership, But Poor Output?"]

@@ -306,6 +306,19 @@ async def test_message_delete_reaches_the_client(
     assert double.messages(setup.text.id) == []
 
 
+async def test_bulk_delete_reaches_the_client(
+    double: DiscordDouble, setup: Setup, bot: MirrorBot
+) -> None:
+    """A moderator's bulk deletion arrives as one MESSAGE_DELETE_BULK naming every message."""
+    channel = text_channel(bot, setup)
+    sent = [await channel.send(f"m{i}") for i in range(3)]
+    waiter = expect(bot, "raw_bulk_message_delete", lambda e: e.channel_id == setup.text.id)
+    double.bulk_delete_messages(setup.text.id, [m.id for m in sent[:2]])
+    event = await waiter
+    assert event.message_ids == {m.id for m in sent[:2]}
+    assert [m["id"] for m in double.messages(setup.text.id)] == [str(sent[2].id)]
+
+
 # -- threads -------------------------------------------------------------------------------
 
 

@@ -119,6 +119,16 @@ async def test_rss_feed_with_stylesheet_is_a_feed(server: FeedServer, fetcher: F
     assert found.feed_url == server.url("/feed/")
 
 
+async def test_utf16_feed_is_a_feed(server: FeedServer, fetcher: Fetcher) -> None:
+    """A feed served in UTF-16 (with its byte-order mark) is recognised as pasted."""
+    text = WP_POSTS.decode("utf-8").replace('encoding="UTF-8"', 'encoding="UTF-16"', 1)
+    server.route("/feed/", text.encode("utf-16"), content_type="text/xml")
+
+    found = await discover_feed(fetcher, server.url("/feed/"))
+
+    assert (found.feed_url, found.blog_url) == (server.url("/feed/"), None)
+
+
 async def test_redirected_feed_reports_final_url(server: FeedServer, fetcher: Fetcher) -> None:
     """A feed that moved is subscribed at its new address."""
     server.redirect("/rss", "/feed/", status=301)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +49,7 @@ async def test_subscribe_seed_into_a_forum(harness: Harness) -> None:
     record = await harness.subscribe(url, harness.forum_id)
     assert record.ephemeral
     await harness.wait_for_thread_messages(harness.forum_id, 8)
+    await harness.wait_idle()
     [thread] = harness.double.threads(harness.forum_id)
     assert thread["name"] == TITLE
     # The article's labels are CRC and HMI Probation; the forum has tags CRC and News.
@@ -65,6 +65,7 @@ async def test_subscribe_seed_into_a_text_channel(harness: Harness) -> None:
     url = serve_seed(harness)
     await harness.subscribe(url, harness.text_id)
     await harness.wait_for_thread_messages(harness.text_id, 8)
+    await harness.wait_idle()
     [thread] = harness.double.threads(harness.text_id)
     [starter] = [m for m in harness.double.messages(harness.text_id) if TITLE in m["content"]]
     assert thread["id"] == starter["id"]
@@ -128,31 +129,97 @@ async def test_news_between_polls_is_mirrored_and_removals_edited(harness: Harne
     assert "Probation Service Officer colleagues" not in edited["content"]
 
 
-async def test_moderator_deleted_message_is_not_mirrored_again(harness: Harness) -> None:
-    """A comment message a moderator deletes stays deleted across polls."""
-    url = serve_seed(harness)
-    await harness.subscribe(url, harness.forum_id)
-    await harness.wait_for_thread_messages(harness.forum_id, 8)
+def removed_on_blog(entry_ids: list[str]) -> bytes:
+    """The seed's comments feed with these comments marked removed, as Blogger marks them."""
+    seed = (SEED / "comments.atom.xml").read_text()
+    for entry_id in entry_ids:
+        number = entry_id.rsplit("post-", 1)[-1]  # tag:blogger.com,1999:blog-1.post-NUMBER
+        link = f"#c{number}' title=''/>"
+        assert link in seed, entry_id
+        seed = seed.replace(
+            link, link + "<gd:extendedProperty name='blogger.contentRemoved' value='true'/>"
+        )
+    return seed.encode()
+
+
+def requests_about(harness: Harness, since: int, snowflake: int) -> list[str]:
+    """REST calls made after the ``since``-th that name this message or channel."""
+    return [
+        f"{r.method} {r.path}"
+        for r in harness.double.requests[since:]
+        if str(snowflake) in r.path.split("/")
+    ]
+
+
+async def moderator_deletes(harness: Harness, victims: list[int], *, bulk: bool) -> None:
+    """Delete mirrored comment messages; the blog then removes those comments.
+
+    The deletion must be recorded from the gateway event, before any poll.
+    Then, although the blog changed those comments, the next poll must not try
+    to edit their messages: only a bot that missed the deletion would (and
+    learn of it from Discord's 404).
+    """
+    await harness.wait_idle()
     thread_id, messages = seed_thread(harness)
-    harness.double.delete_message(thread_id, int(messages[2]["id"]), by_moderator=True)
-    await harness.wait_for(lambda: len(harness.double.messages(thread_id)) == 7)
-    await asyncio.sleep(0.2)  # let the bot record the MESSAGE_DELETE event
-    harness.feeds.route("/feeds/comments/default", (SEED / "comments.atom.xml").read_bytes() + b" ")
-    await poll(harness)
-    await poll(harness)
-    assert len(harness.double.messages(thread_id)) == 7
+    if bulk:
+        harness.double.bulk_delete_messages(thread_id, victims)
+    else:
+        for victim in victims:
+            harness.double.delete_message(thread_id, victim, by_moderator=True)
+
+    def recorded() -> bool:
+        rows = [harness.db.comment_of_message(victim) for victim in victims]
+        return all(row is not None and row["state"] == "deleted" for row in rows)
+
+    await harness.wait_for(recorded, what="the bot to record the deletions")
+    entry_ids = [harness.db.comment_of_message(victim)["entry_id"] for victim in victims]
+    harness.feeds.route("/feeds/comments/default", removed_on_blog(entry_ids))
+    since = len(harness.double.requests)
+    record = await poll(harness)
+    assert "❌" not in "\n".join(record.contents)
+    for victim in victims:
+        assert requests_about(harness, since, victim) == []
+    remaining = harness.double.messages(thread_id)
+    assert len(remaining) == len(messages) - len(victims)
+    assert {str(v) for v in victims}.isdisjoint(m["id"] for m in remaining)
+
+
+async def test_moderator_deleted_message_is_not_mirrored_again(harness: Harness) -> None:
+    """A comment message a moderator deletes is recorded at once and never touched again."""
+    await harness.subscribe(serve_seed(harness), harness.forum_id)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
+    _thread_id, messages = seed_thread(harness)
+    await moderator_deletes(harness, [int(messages[2]["id"])], bulk=False)
+
+
+async def test_bulk_deleted_messages_are_not_mirrored_again(harness: Harness) -> None:
+    """Messages a moderator deletes in bulk are all recorded at once and never touched again."""
+    await harness.subscribe(serve_seed(harness), harness.forum_id)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
+    _thread_id, messages = seed_thread(harness)
+    await moderator_deletes(harness, [int(messages[2]["id"]), int(messages[5]["id"])], bulk=True)
 
 
 async def test_deleted_thread_is_not_recreated(harness: Harness) -> None:
-    """A thread a moderator deletes is not re-created by later polls, even with new comments."""
+    """A thread a moderator deletes detaches its article at once; polls never go near it."""
     url = serve_seed(harness)
     await harness.subscribe(url, harness.forum_id)
     await harness.wait_for_thread_messages(harness.forum_id, 8)
+    await harness.wait_idle()
     thread_id, _ = seed_thread(harness)
     harness.double.delete_thread(thread_id)
-    await asyncio.sleep(0.2)
+
+    def detached() -> bool:
+        row = harness.db.article_of_thread(thread_id)
+        return row is not None and row["state"] == "detached"
+
+    await harness.wait_for(detached, what="the bot to record the deleted thread")
     comments_page(harness, [GenComment(901, at(3000), "Anyone here?")])
-    await poll(harness)
+    since = len(harness.double.requests)
+    record = await poll(harness)
+    assert "1 new comment(s)" in "\n".join(record.contents)
+    # A bot that missed the deletion would look the thread up (and learn of it from a 404).
+    assert requests_about(harness, since, thread_id) == []
     assert harness.double.threads(harness.forum_id) == []
 
 
@@ -173,6 +240,7 @@ async def test_discord_faults_on_message_creation_never_duplicate(harness: Harne
         if done:
             break
         await poll(harness)
+    await harness.wait_idle()
     _thread_id, messages = seed_thread(harness)
     texts = [m["content"] for m in messages[1:]]
     numbers = [int(t.rsplit("comment number ", 1)[1].split()[0]) for t in texts]
@@ -184,9 +252,10 @@ async def test_forum_requiring_a_tag_gets_its_first_tag(harness: Harness) -> Non
     forum = harness.double.add_forum_channel(
         harness.guild_id, "strict", tags=["Zeta", "Other"], require_tag=True
     )
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     await harness.subscribe(serve_seed(harness), forum.id)
     await harness.wait_for_thread_messages(forum.id, 8)
+    await harness.wait_idle()
     [thread] = harness.double.threads(forum.id)
     tags = {t["id"]: t["name"] for t in harness.double.channel(forum.id)["available_tags"]}
     assert [tags[t] for t in thread["applied_tags"]] == ["Zeta"]
@@ -198,7 +267,7 @@ async def test_archived_thread_is_reopened_by_the_next_comment(harness: Harness)
     await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, _ = seed_thread(harness)
     harness.double.archive_thread(thread_id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     comments_page(harness, [GenComment(61, at(5000), "Reviving this thread")])
     await poll(harness)
     messages = harness.double.messages(thread_id)
@@ -215,7 +284,7 @@ async def test_locked_thread_gets_nothing_and_says_why_in_the_log(
     await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, _ = seed_thread(harness)
     harness.double.lock_thread(thread_id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     comments_page(harness, [GenComment(62, at(5000), "Too late")])
     await poll(harness)
     assert len(harness.double.messages(thread_id)) == 8
@@ -225,11 +294,11 @@ async def test_locked_thread_gets_nothing_and_says_why_in_the_log(
 async def test_a_deleted_channel_marks_the_subscription_failing(harness: Harness) -> None:
     """When the channel is gone, the poll records a clear error instead of crashing."""
     text = harness.double.add_text_channel(harness.guild_id, "doomed")
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     await harness.subscribe(serve_seed(harness), text.id)
     await harness.wait_for_thread_messages(text.id, 8)
     harness.double.delete_channel(text.id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     comments_page(harness, [GenComment(63, at(5000), "Anyone?")])
     record = await poll(harness)
     assert "no longer exists" in "\n".join(record.contents)
@@ -246,7 +315,7 @@ async def test_changed_article_in_an_archived_post_is_edited(harness: Harness) -
     await harness.wait_for_thread_messages(harness.forum_id, 8)
     thread_id, messages = seed_thread(harness)
     harness.double.archive_thread(thread_id)
-    await asyncio.sleep(0.2)
+    await harness.wait_gateway_applied()
     body = (SEED / "posts.atom.xml").read_bytes().replace(b"Twitter", b"Mastodon")
     harness.feeds.route("/feeds/posts/default", body, etag='"p2"')
     record = await poll(harness)

@@ -16,7 +16,8 @@ import pytest
 from bot import rawxml
 from bot.errors import FeedParseError, NotAFeedError
 from bot.models import Article, Comment, Dialect, ParsedFeed
-from bot.parse import _end_first_line, looks_like_feed, parse_feed
+from bot.parse import _end_first_line, parse_feed
+from bot.rawxml import looks_like_feed
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real"
@@ -79,7 +80,6 @@ def test_seed_posts_feed_has_the_one_article() -> None:
     feed = _parse(SEED / "posts.atom.xml")
     assert (feed.kind, feed.dialect, feed.title) == ("posts", Dialect.BLOGGER, "On Probation")
     assert feed.site_url == "https://probationmatters.blogspot.com/"
-    assert feed.total_results == 1
     assert feed.next_url is None
     assert feed.comments == ()
     assert feed.comments_feed_url == "https://probationmatters.blogspot.com/feeds/comments/default"
@@ -95,7 +95,6 @@ def test_seed_posts_feed_has_the_one_article() -> None:
     assert article.comments_feed_url == (
         "https://probationmatters.blogspot.com/feeds/7128854030391125582/comments/default"
     )
-    assert article.comment_count == 7
     assert article.image_url is None
     assert '<a href="https://twitter.com/">Twitter</a>' in article.html
 
@@ -112,12 +111,12 @@ def test_seed_posts_feed_on_a_local_server_points_at_local_comments_feed() -> No
 def test_seed_comments_thread(name: str) -> None:
     """Seven anonymous comments: four top-level, two replies to the first, one to the third."""
     feed = _parse(SEED / name)
-    assert (feed.kind, feed.dialect, feed.total_results) == ("comments", Dialect.BLOGGER, 7)
+    assert (feed.kind, feed.dialect) == ("comments", Dialect.BLOGGER)
     assert feed.articles == ()
     assert len(feed.comments) == 7
     assert all(c.article_id == SEED_POST for c in feed.comments)
     assert {c.author for c in feed.comments} == {"Anonymous"}
-    assert all(c.avatar_url is None and c.author_url is None for c in feed.comments)
+    assert all(c.author_url is None for c in feed.comments)
     assert not any(c.removed for c in feed.comments)
     # Document order is Blogger's: newest first.
     assert [c.published for c in feed.comments] == sorted(
@@ -165,7 +164,7 @@ def test_seed_per_post_feed_finds_the_blog_wide_comments_feed() -> None:
 def test_blogger_threaded_comments_reply_points_at_parent() -> None:
     """The one reply's related link becomes a full comment id of its parent."""
     feed = _parse(REAL / "blogger_post_comments_threaded.atom.xml")
-    assert (feed.kind, feed.dialect, feed.total_results) == ("comments", Dialect.BLOGGER, 4)
+    assert (feed.kind, feed.dialect) == ("comments", Dialect.BLOGGER)
     post = f"{TECHNO_BLOG}.post-925388997895127564"
     assert [c.id for c in feed.comments] == [
         f"{TECHNO_BLOG}.post-4568989349003774957",
@@ -183,10 +182,6 @@ def test_blogger_threaded_comments_reply_points_at_parent() -> None:
     assert reply.html == "This Is First Testing Reply"
     assert reply.author == "Sora Blogging Tips"
     assert reply.author_url == "https://www.blogger.com/profile/16413293425780700748"
-    assert reply.avatar_url == (
-        "https://3.bp.blogspot.com/-MLDxIdFXrvE/YoB20o5uEZI/AAAAAAAAAAw/"
-        "RbXujoV-YDAsTT7rqYgFPtCc9Rb8dpwwwCK4BGAYYCw/s100/Sora%2BBlogging%2BTips.jpg"
-    )
     assert reply.published == datetime(2022, 9, 25, 7, 38, 24, 369000, tzinfo=PDT)
     assert reply.permalink == (
         "https://techno-omtemplates.blogspot.com/2016/03/xiaomi-is-going-to-launch-mi-11-ultra"
@@ -207,15 +202,11 @@ def test_blogger_deleted_comments_are_marked_removed_despite_feedparser() -> Non
     assert author.parent_id is None
     assert author.author == "Jacqueline"
     assert author.html == "This comment has been removed by the author."
-    assert author.avatar_url == (
-        "http://1.bp.blogspot.com/_J5ebEGaLvbA/S9BBHraYUHI/AAAAAAAAAzM/nPD3EjVSWUc/S220/Photo-0059.jpg"
-    )
     assert author.published == datetime(
         2009, 11, 5, 3, 9, 4, 576000, tzinfo=timezone(timedelta(hours=8))
     )
     assert admin.author == "Aloysius"
     assert admin.author_url is None
-    assert admin.avatar_url is None  # blank.gif placeholder
     assert admin.html == "This comment has been removed by a blog administrator."
     assert feed.comments_feed_url == "http://ridemywash.blogspot.com/feeds/comments/default"
 
@@ -229,7 +220,6 @@ def test_blogger_empty_comments_feed_is_not_an_error() -> None:
     assert (feed.kind, feed.dialect) == ("comments", Dialect.BLOGGER)
     assert feed.comments == ()
     assert feed.articles == ()
-    assert feed.total_results == 0
     assert feed.title == "MaKlen"
     assert feed.comments_feed_url == "http://klenovsekboris.blogspot.com/feeds/comments/default"
 
@@ -241,17 +231,16 @@ def test_blogger_hidden_comments_text_is_explained() -> None:
 
 
 def test_blogger_posts_with_thumbnails() -> None:
-    """19 posts, labels per post, replies feed, thr:total and the first image of each post."""
+    """19 posts, labels per post, replies feed and the first image of each post."""
     feed = _parse(REAL / "blogger_posts_thumbnails.atom.xml")
     assert (feed.kind, feed.dialect, feed.title) == ("posts", Dialect.BLOGGER, "Techno")
-    assert (len(feed.articles), feed.total_results, feed.next_url) == (19, 19, None)
+    assert (len(feed.articles), feed.next_url) == (19, None)
     assert (
         feed.comments_feed_url == "https://techno-omtemplates.blogspot.com/feeds/comments/default"
     )
     article = next(a for a in feed.articles if a.id == f"{TECHNO_BLOG}.post-925388997895127564")
     assert article.title == "Xiaomi is going to launch the Mi 11 Ultra 67W fast charge."
     assert article.labels == ("Business", "Fashion", "People")
-    assert article.comment_count == 4
     assert article.comments_feed_url == (
         "https://techno-omtemplates.blogspot.com/feeds/925388997895127564/comments/default"
     )
@@ -262,7 +251,6 @@ def test_blogger_posts_with_thumbnails() -> None:
     assert article.published == datetime(2016, 3, 17, 0, 57, tzinfo=PDT)
     assert article.updated == datetime(2022, 9, 25, 7, 36, 8, 990000, tzinfo=PDT)
     assert all(a.author == "Sora Blogging Tips" for a in feed.articles)
-    assert [a.comment_count for a in feed.articles].count(0) == 18
     # Ordered by published, as in the document, although updated is not.
     assert [a.published for a in feed.articles] == sorted(
         (a.published for a in feed.articles), reverse=True
@@ -270,18 +258,17 @@ def test_blogger_posts_with_thumbnails() -> None:
 
 
 def test_blogger_posts_paged_atom() -> None:
-    """The next link (on www.blogger.com) and totals come through; empty titles stay empty."""
+    """The next link (on www.blogger.com) comes through; empty titles stay empty."""
     feed = _parse(REAL / "blogger_posts_paged.atom.xml")
     assert feed.next_url == (
         "http://www.blogger.com/feeds/1610088654917055211/posts/default?start-index=26&max-results=25"
     )
-    assert (feed.total_results, len(feed.articles)) == (39, 25)
+    assert len(feed.articles) == 25
     assert feed.title == "Jorge El Constructor"
     first, _glass, vacaciones = feed.articles[:3]
     assert first.id == f"{JORGE_BLOG}.post-3000671474187976795"
     assert first.title == ""
     assert first.author == "Jorge el constructor"
-    assert first.comment_count == 1
     assert first.image_url == "http://covers.openlibrary.org/b/isbn/8424635779-M.jpg"
     assert first.published == datetime(
         2013, 10, 12, 11, 4, 0, 1000, tzinfo=timezone(timedelta(hours=2))
@@ -313,12 +300,7 @@ def test_blogger_posts_paged_rss_matches_atom() -> None:
         REAL / "blogger_posts_paged.rss.xml",
         "http://jorgeelconstructor.blogspot.com/feeds/posts/default?alt=rss",
     )
-    assert (rss.kind, rss.dialect, rss.total_results, rss.next_url) == (
-        "posts",
-        Dialect.BLOGGER,
-        39,
-        None,
-    )
+    assert (rss.kind, rss.dialect, rss.next_url) == ("posts", Dialect.BLOGGER, None)
     assert rss.comments_feed_url == "http://jorgeelconstructor.blogspot.com/feeds/comments/default"
     assert [a.id for a in rss.articles] == [a.id for a in atom.articles]
     assert [a.url for a in rss.articles] == [a.url for a in atom.articles]
@@ -326,7 +308,6 @@ def test_blogger_posts_paged_rss_matches_atom() -> None:
     assert [a.published for a in rss.articles] == [
         a.published.replace(microsecond=0) for a in atom.articles
     ]
-    assert [a.comment_count for a in rss.articles] == [a.comment_count for a in atom.articles]
     first = rss.articles[0]
     assert first.author == "Jorge el constructor"
     assert first.published.utcoffset() == timedelta(0)  # pubDate says +0000
@@ -338,17 +319,12 @@ def test_blogger_posts_paged_rss_matches_atom() -> None:
 
 
 def test_blogger_posts_with_comments_disabled() -> None:
-    """No replies links and no thr:total: no comments feed and no count; titles are empty."""
+    """No replies links: no comments feed; titles are empty."""
     feed = _parse(REAL / "blogger_posts_comments_disabled.atom.xml")
-    assert (feed.kind, feed.dialect, feed.total_results, len(feed.articles)) == (
-        "posts",
-        Dialect.BLOGGER,
-        7,
-        7,
-    )
+    assert (feed.kind, feed.dialect, len(feed.articles)) == ("posts", Dialect.BLOGGER, 7)
     assert all(a.title == "" for a in feed.articles)
     assert all(a.author == "Unknown" for a in feed.articles)
-    assert all(a.comments_feed_url is None and a.comment_count is None for a in feed.articles)
+    assert all(a.comments_feed_url is None for a in feed.articles)
     first = feed.articles[0]
     assert first.id == "tag:blogger.com,1999:blog-4972270896425558817.post-6975795580677568519"
     assert first.url == "https://klenovsekboris.blogspot.com/2024/08/blog-post.html"
@@ -416,14 +392,13 @@ def test_wordpress_per_post_rss_comments() -> None:
 
 
 def test_wordpress_posts_rss() -> None:
-    """Posts: wfw:commentRss, slash:comments, dc:creator, labels without iTunes keywords."""
+    """Posts: wfw:commentRss, dc:creator, labels without iTunes keywords."""
     feed = _parse(REAL / "wp_posts.rss2.xml")
     assert (feed.kind, feed.dialect, feed.title) == ("posts", Dialect.WORDPRESS, "Infoküche")
     assert feed.comments_feed_url == f"{WP}/comments/feed/atom/"
     assert [a.id for a in feed.articles] == [
         f"{WP}/?p={n}" for n in ("125", "105", "110", "82", "50", "14")
     ]
-    assert [a.comment_count for a in feed.articles] == [1, 3, 0, 2, 2, 5]
     first = feed.articles[0]
     assert first.title == "Infoküche 6 – WWW Conference 2012 (World Wide Web)"
     assert first.author == "Wolfgang Gassler"  # dc:creator, not itunes:author

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import RouteSpec, ServerProcess
+from bench.common import RouteSpec, ServerProcess, all_due
 from bot.fetch import Fetcher, create_session
 from bot.ingest import Ingestor
 from bot.polling import Poller, PollOutcome
@@ -279,7 +279,7 @@ async def soak(tmp_path: Path, count: int) -> None:
                     for i, blog in enumerate(blogs):
                         blog.schedule(*kind_of(i, number))
                     server.update(routes_for(blogs))
-                outcomes = await poll_all(poller, await repo.list_all())
+                outcomes = await poll_all(poller, await all_due(repo, count))
                 expected = [blog.expect(first_poll=number == 1) for blog in blogs]
                 stats = server.update([])
                 check_round(number, outcomes, expected)

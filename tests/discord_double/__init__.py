@@ -48,6 +48,7 @@ Acting as members and moderators (each dispatches the matching gateway event)::
 
     double.post_message(thread.id, "text", author_id=None, reply_to=None)
     double.delete_message(channel_id, message_id, by_moderator=True)   # MESSAGE_DELETE
+    double.bulk_delete_messages(channel_id, [message_id, ...])         # MESSAGE_DELETE_BULK
     double.delete_thread(thread_id)                                    # THREAD_DELETE
     double.archive_thread(thread_id) / double.lock_thread(thread_id)   # THREAD_UPDATE
     double.set_bot_permissions(guild.id, P.VIEW_CHANNEL | ...)         # GUILD_ROLE_UPDATE

@@ -324,6 +324,12 @@ class DiscordDouble:
             self.world.message(channel_id, message_id), by_moderator=by_moderator
         )
 
+    def bulk_delete_messages(self, channel_id: int, message_ids: list[int]) -> None:
+        """Delete several messages at once as a moderator (dispatches MESSAGE_DELETE_BULK)."""
+        channel = self.world.channel(channel_id)
+        messages = [self.world.message(channel_id, m) for m in message_ids]
+        self.world.bulk_delete_messages(channel, messages)
+
     def delete_channel(self, channel_id: int) -> None:
         """Delete a channel with its threads and messages (dispatches CHANNEL_DELETE)."""
         self.world.delete_channel(self.world.channel(channel_id))

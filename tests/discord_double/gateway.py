@@ -52,6 +52,7 @@ EVENT_INTENTS = {
     "MESSAGE_CREATE": GUILD_MESSAGES,
     "MESSAGE_UPDATE": GUILD_MESSAGES,
     "MESSAGE_DELETE": GUILD_MESSAGES,
+    "MESSAGE_DELETE_BULK": GUILD_MESSAGES,
 }
 """Which intent a dispatch needs; events not listed (INTERACTION_CREATE, ...) always go."""
 

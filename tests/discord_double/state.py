@@ -271,6 +271,26 @@ class World:
         self.emit("MESSAGE_UPDATE", message_json(self, message, with_member=True), channel)
 
     def delete_message(self, message: Message, *, by_moderator: bool = False) -> None:
+        channel = self._remove_message(message, by_moderator=by_moderator)
+        data = {
+            "id": str(message.id),
+            "channel_id": str(message.channel_id),
+            "guild_id": str(message.guild_id),
+        }
+        self.emit("MESSAGE_DELETE", data, channel)
+
+    def bulk_delete_messages(self, channel: Channel, messages: list[Message]) -> None:
+        """Several messages of one channel at once: one MESSAGE_DELETE_BULK, as Discord does."""
+        for message in messages:
+            self._remove_message(message, by_moderator=True)
+        data = {
+            "ids": [str(m.id) for m in messages],
+            "channel_id": str(channel.id),
+            "guild_id": str(channel.guild_id),
+        }
+        self.emit("MESSAGE_DELETE_BULK", data, channel)
+
+    def _remove_message(self, message: Message, *, by_moderator: bool) -> Channel | None:
         message.deleted = True
         message.deleted_by_moderator = by_moderator
         channel = self.channels.get(message.channel_id)
@@ -279,12 +299,7 @@ class World:
             live.remove(message)
         if channel is not None and channel.is_thread and message.id != channel.id:
             channel.message_count = max(0, channel.message_count - 1)
-        data = {
-            "id": str(message.id),
-            "channel_id": str(message.channel_id),
-            "guild_id": str(message.guild_id),
-        }
-        self.emit("MESSAGE_DELETE", data, channel)
+        return channel
 
     def nonce_match(
         self, channel_id: int, author_id: int, nonce: str, window: float
