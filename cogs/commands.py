@@ -17,6 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.delivery import DeliverySummary
 from bot.errors import BlogMirrorError
 from bot.render import escape_text
 from bot.service import MAX_BACKFILL, describe_error
@@ -318,10 +319,13 @@ class BlogCommands(
                     if summary
                     else "no news"
                 )
-                lines.append(
+                line = (
                     f"✅ **{escape_text(sub.display_name)}**: {news}; posted {threads} thread(s), "
-                    f"{posted} comment(s)."
+                    f"{posted} comment(s)"
                 )
+                if result.delivery is not None:
+                    line += _delivery_notes(result.delivery)
+                lines.append(line + ".")
         await interaction.followup.send(_clip("\n".join(lines), 2000), ephemeral=True)
 
     @app_commands.command(name="pause", description="Stop polling a blog for now")
@@ -447,6 +451,18 @@ async def edit_quietly(interaction: discord.Interaction, content: str) -> None:
         await interaction.edit_original_response(content=content)
     except discord.HTTPException as exc:
         log.info("Could not show progress on interaction %s: %s", interaction.id, exc)
+
+
+def _delivery_notes(delivery: DeliverySummary) -> str:
+    """What else a delivery did or could not do, for the ``/blog poll`` answer."""
+    notes = []
+    if delivery.edits:
+        notes.append(f"updated {delivery.edits} message(s)")
+    if delivery.set_aside:
+        notes.append(f"{delivery.set_aside} item(s) refused by Discord and set aside")
+    if delivery.skipped_locked:
+        notes.append(f"comments wait in {delivery.skipped_locked} locked thread(s)")
+    return "".join(f"; {note}" for note in notes)
 
 
 def _guild(interaction: discord.Interaction) -> discord.Guild:

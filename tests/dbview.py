@@ -14,15 +14,18 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-# What the bot still has to do, as ``SubscriptionRepo.with_unfinished_work`` defines it:
-# in active subscriptions, articles or comments to post or edit, and sends not yet settled.
+# What the bot still has to do: in active subscriptions, articles or comments to post or
+# edit (comments of an article whose thread Discord refused wait for a resync, so they
+# do not count), and sends not yet settled (open outbox intents).
 UNFINISHED = """
 SELECT
     (SELECT count(*) FROM articles AS a JOIN subscriptions AS s ON s.id = a.subscription_id
      WHERE s.state = 'active' AND (a.state = 'pending' OR a.needs_edit = 1))
   + (SELECT count(*) FROM comments AS c JOIN subscriptions AS s ON s.id = c.subscription_id
-     WHERE s.state = 'active' AND (c.state = 'pending' OR c.needs_edit = 1))
-  + (SELECT count(*) FROM delivery_intents AS i JOIN subscriptions AS s ON s.id = i.subscription_id
+     JOIN articles AS a ON a.id = c.article_id
+     WHERE s.state = 'active' AND a.state IN ('pending', 'posted')
+       AND (c.state = 'pending' OR c.needs_edit = 1))
+  + (SELECT count(*) FROM outbox AS i JOIN subscriptions AS s ON s.id = i.subscription_id
      WHERE s.state = 'active' AND i.completed_at IS NULL)
 """
 

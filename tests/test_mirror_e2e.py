@@ -118,6 +118,7 @@ async def test_news_between_polls_is_mirrored_and_removals_edited(harness: Harne
     )
     record = await poll(harness)
     assert "1 new article(s), 1 new comment(s)" in "\n".join(record.contents)
+    assert "updated 1 message(s)" in "\n".join(record.contents)
     threads = {t["name"]: int(t["id"]) for t in harness.double.threads(harness.forum_id)}
     assert set(threads) == {TITLE, "A brand new article"}
     messages = harness.double.messages(threads[TITLE])
@@ -286,9 +287,10 @@ async def test_locked_thread_gets_nothing_and_says_why_in_the_log(
     harness.double.lock_thread(thread_id)
     await harness.wait_gateway_applied()
     comments_page(harness, [GenComment(62, at(5000), "Too late")])
-    await poll(harness)
+    record = await poll(harness)
     assert len(harness.double.messages(thread_id)) == 8
     assert "is locked" in caplog.text
+    assert "comments wait in 1 locked thread(s)" in "\n".join(record.contents)
 
 
 async def test_a_deleted_channel_marks_the_subscription_failing(harness: Harness) -> None:
