@@ -241,12 +241,15 @@ class BlogCommands(
             if not subs:
                 await reply(interaction, "No subscriptions yet: add one with `/blog subscribe`.")
                 return
-            lines = [
-                f"• **{escape_text(s.display_name)}**: {state_of(s)}, last poll "
-                f"{when(s.last_poll_at)}, next {_next_poll(s)}"
-                + (f", {s.consecutive_failures} failure(s)" if s.consecutive_failures else "")
-                for s in subs
-            ]
+            lines = []
+            for s in subs:
+                counts = await self.bot.subscriptions.counts(s.id)
+                lines.append(
+                    f"• **{escape_text(s.display_name)}**: {state_of(s)}, last poll "
+                    f"{when(s.last_poll_at)}, next {_next_poll(s)}"
+                    + (f", {s.consecutive_failures} failure(s)" if s.consecutive_failures else "")
+                    + (f", {counts.set_aside} item(s) Discord refused" if counts.set_aside else "")
+                )
             await reply(interaction, _clip("\n".join(lines), 2000))
             return
         sub = await self.bot.service.resolve(guild_id, feed)

@@ -110,6 +110,8 @@ async def test_a_refused_comment_is_set_aside_and_the_thread_goes_on(harness: Ha
         "1 item(s) Discord refused" in field["value"]
         and "50035: Invalid Form Body" in field["value"]
     )
+    summary = await command(harness, "status")
+    assert "1 item(s) Discord refused" in "\n".join(summary.contents)
     resync = await command(harness, "resync", article_url=f"{SITE}/{POST}.html")
     assert "posted 1 comment(s)" in "\n".join(resync.contents)
     assert sum("refused comment" in t for t in texts(harness)) == 1
