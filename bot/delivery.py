@@ -322,7 +322,8 @@ class Mirror:
             if isinstance(sent, Refusal):
                 effect: Effect = Refused(sent.reason)
                 summary.set_aside += 1
-                unavailable.add(comment.entry_id)
+                if part == 0:  # with its first message out, replies still point at it
+                    unavailable.add(comment.entry_id)
                 done = True
             else:
                 effect = PartPosted(sent.id)

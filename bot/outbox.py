@@ -187,15 +187,19 @@ class Courier:
         self, sub: Subscription, channel: Channel, record: ArticleRecord
     ) -> None:
         """An interrupted thread creation: adopt the post, message or thread if it was made."""
+        found = False  # one finding settles the article; its other intents close
         for intent in await self.outbox.open_for_article(record.id):
             effect: Effect = Abandoned()
-            if intent.kind is not IntentKind.ARTICLE_EDIT and record.state == ArticleState.PENDING:
+            if (
+                not found
+                and intent.kind is not IntentKind.ARTICLE_EDIT
+                and record.state == ArticleState.PENDING
+            ):
                 effect = await self._look_for_article(sub, channel, record, intent)
+                found = not isinstance(effect, Abandoned)
             if isinstance(effect, ThreadMade):
                 log.info("Settled: the thread of %s was made before", record.url)
             await self.complete(intent, effect)
-            if not isinstance(effect, Abandoned):
-                return
 
     async def _look_for_article(
         self, sub: Subscription, channel: Channel, record: ArticleRecord, intent: Intent

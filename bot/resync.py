@@ -106,7 +106,8 @@ class Resyncer:
                     # The thread is still made complete with what is known; the
                     # moderator is told the article's own feed could not be read.
                     comments_error = str(exc)
-                await self.comments.prepare_resync(fresh.id, new_thread=False)
+            # Comments recorded while it was not mirrored, and items Discord refused.
+            await self.comments.prepare_resync(fresh.id, new_thread=False)
             delivery = await self.mirror.deliver_one(sub, fresh.id, progress=progress)
             record = await self.articles.get(record.id) or record
             if record.state != ArticleState.DETACHED:
