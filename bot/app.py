@@ -16,7 +16,7 @@ from bot.errors import AnotherInstanceError, BlogMirrorError
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
-from storage import Database, DatabaseInUseError, DatabaseLock, DatabaseTooNewError
+from storage import DatabaseInUseError, DatabaseLock, DatabaseTooNewError, open_database
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,14 @@ log = logging.getLogger(__name__)
 async def run_bot(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM or a fatal error; always close the database.
 
-    The database's lock is taken first and held to the end, so a second process
-    on the same ``DATABASE_PATH`` stops before it opens, migrates or writes anything.
+    The SQLite database's lock is taken first and held to the end, so a second
+    process on the same ``DATABASE_PATH`` stops before it opens, migrates or writes
+    anything. PostgreSQL (``DATABASE_URL``) is shared by design: several processes
+    take turns per subscription instead (SPEC §8).
     """
+    if settings.database_url is not None:
+        await _run_with_database(settings)
+        return
     try:
         lock = DatabaseLock.acquire(settings.database_path)
     except DatabaseInUseError as exc:
@@ -41,7 +46,7 @@ async def run_bot(settings: Settings) -> None:
 
 async def _run_with_database(settings: Settings) -> None:
     try:
-        db = await Database.open(settings.database_path)
+        db = await open_database(path=settings.database_path, url=settings.database_url)
     except DatabaseTooNewError as exc:
         raise BlogMirrorError(str(exc)) from None
     try:

@@ -24,6 +24,9 @@ DEFAULTS: Mapping[str, str] = {
     "LOG_LEVEL": "INFO",
     "FEED_TIMEOUT_SECONDS": "30",
     "MAX_FEED_BYTES": "10485760",
+    "DATABASE_URL": "",
+    "SHARD_COUNT": "",
+    "SHARD_IDS": "",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -59,6 +62,10 @@ class Settings:
     feed_timeout_seconds: float
     max_feed_bytes: int
     warnings: tuple[str, ...] = ()
+    # May carry a password: never shown.
+    database_url: str | None = field(default=None, repr=False)
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None
 
 
 def read_environment(environ: Mapping[str, str], dotenv_path: Path | None) -> dict[str, str]:
@@ -113,6 +120,15 @@ def load_settings(
     timeout = _number(values, "FEED_TIMEOUT_SECONDS", problems)
     max_bytes = _integer(values, "MAX_FEED_BYTES", problems, minimum=1024)
 
+    database_url = values["DATABASE_URL"].strip() or None
+    if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+        # Never echo the value: it may hold a password.
+        problems.append("DATABASE_URL must be a PostgreSQL URL (postgresql://user@host/db).")
+    shard_count = None
+    if values["SHARD_COUNT"].strip():
+        shard_count = _integer(values, "SHARD_COUNT", problems, minimum=1, maximum=100_000)
+    shard_ids = _shard_ids(values["SHARD_IDS"], shard_count, database_url, problems)
+
     if problems:
         raise SettingsError(problems)
     assert interval is not None and concurrency is not None and allow_private is not None
@@ -128,6 +144,9 @@ def load_settings(
         feed_timeout_seconds=timeout,
         max_feed_bytes=max_bytes,
         warnings=tuple(warnings),
+        database_url=database_url,
+        shard_count=shard_count,
+        shard_ids=shard_ids,
     )
 
 
@@ -153,6 +172,33 @@ def _integer(
         problems.append(f"{name} must be {bounds} (got {number}).")
         return None
     return number
+
+
+def _shard_ids(
+    raw: str, count: int | None, database_url: str | None, problems: list[str]
+) -> tuple[int, ...] | None:
+    """``SHARD_IDS``: distinct shards below ``SHARD_COUNT``; some of them only with PostgreSQL."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        ids = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        problems.append(f"SHARD_IDS must be shard numbers separated by commas (got {raw!r}).")
+        return None
+    if count is None:
+        problems.append("SHARD_IDS needs SHARD_COUNT: the total number of shards.")
+        return None
+    if not ids or any(not 0 <= shard < count for shard in ids):
+        problems.append(f"SHARD_IDS must be between 0 and {count - 1} (got {raw!r}).")
+        return None
+    if database_url is None and len(ids) < count:
+        problems.append(
+            "SHARD_IDS naming only some shards needs DATABASE_URL: with SQLite one process "
+            "runs every shard."
+        )
+        return None
+    return ids
 
 
 def _number(values: Mapping[str, str], name: str, problems: list[str]) -> float | None:

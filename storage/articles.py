@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.records import (
     ArticleRecord,
     ArticleState,
@@ -39,14 +39,14 @@ class ArticleRepo:
         self.db = db
 
     async def known(self, subscription_id: int, entry_ids: Iterable[str]) -> dict[str, KnownEntry]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT entry_id, id, content_hash, state FROM articles
             WHERE subscription_id = ? AND entry_id IN (SELECT value FROM json_each(?))
             """,
             (subscription_id, json.dumps(list(entry_ids))),
-        ) as cursor:
-            return {row[0]: KnownEntry(row[1], row[2], row[3]) async for row in cursor}
+        )
+        return {row[0]: KnownEntry(row[1], row[2], row[3]) for row in rows}
 
     async def insert_many(
         self,
@@ -58,9 +58,10 @@ class ArticleRepo:
         """Insert articles not seen before; an already-known entry is left alone."""
         if not articles:
             return 0
-        async with self.db.write() as conn:
-            before = conn.total_changes
-            await conn.executemany(
+        ids = json.dumps([a.entry_id for a, _ in articles])
+        async with self.db.write() as tx:
+            before = await _count(tx, "articles", subscription_id, ids)
+            await tx.executemany(
                 """
                 INSERT INTO articles (
                     subscription_id, entry_id, url, title, author, published, updated, html,
@@ -88,12 +89,12 @@ class ArticleRepo:
                     for a, state in articles
                 ],
             )
-            return conn.total_changes - before
+            return await _count(tx, "articles", subscription_id, ids) - before
 
     async def update_content(self, subscription_id: int, article: NewArticle) -> None:
         """Store changed content; a posted article is flagged for an edit in Discord."""
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            await tx.execute(
                 """
                 UPDATE articles
                 SET url = ?, title = ?, author = ?, updated = ?, html = ?, image_url = ?,
@@ -117,88 +118,79 @@ class ArticleRepo:
             )
 
     async def get(self, article_id: int) -> ArticleRecord | None:
-        async with self.db.conn.execute(
-            "SELECT * FROM articles WHERE id = ?", (article_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.db.fetchone("SELECT * FROM articles WHERE id = ?", (article_id,))
         return ArticleRecord.from_row(row) if row else None
 
     async def get_by_entry(self, subscription_id: int, entry_id: str) -> ArticleRecord | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT * FROM articles WHERE subscription_id = ? AND entry_id = ?",
             (subscription_id, entry_id),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return ArticleRecord.from_row(row) if row else None
 
     async def find_by_urls(
         self, subscription_ids: Iterable[int], urls: Iterable[str]
     ) -> ArticleRecord | None:
         """The first article of these subscriptions with one of these URLs."""
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             """
             SELECT * FROM articles
-            WHERE subscription_id IN (SELECT value FROM json_each(?))
+            WHERE subscription_id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))
               AND url IN (SELECT value FROM json_each(?))
             ORDER BY id LIMIT 1
             """,
             (json.dumps(list(subscription_ids)), json.dumps(list(urls))),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return ArticleRecord.from_row(row) if row else None
 
     async def by_thread(self, thread_id: int) -> ArticleRecord | None:
-        async with self.db.conn.execute(
-            "SELECT * FROM articles WHERE thread_id = ?", (thread_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.db.fetchone("SELECT * FROM articles WHERE thread_id = ?", (thread_id,))
         return ArticleRecord.from_row(row) if row else None
 
     async def list_by_state(self, subscription_id: int, state: ArticleState) -> list[ArticleRecord]:
         """Articles in ``state``, oldest publication first (the order threads are made)."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT * FROM articles WHERE subscription_id = ? AND state = ?
             ORDER BY published, id
             """,
             (subscription_id, state.value),
-        ) as cursor:
-            return [ArticleRecord.from_row(row) async for row in cursor]
+        )
+        return [ArticleRecord.from_row(row) for row in rows]
 
     async def needing_edit(self, subscription_id: int) -> list[ArticleRecord]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             "SELECT * FROM articles WHERE subscription_id = ? AND needs_edit = 1 ORDER BY id",
             (subscription_id,),
-        ) as cursor:
-            return [ArticleRecord.from_row(row) async for row in cursor]
+        )
+        return [ArticleRecord.from_row(row) for row in rows]
 
     async def mirrored(self, subscription_id: int, limit: int) -> list[ArticleRecord]:
         """Articles that are (to be) mirrored, newest first: whose comments we follow."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT * FROM articles
             WHERE subscription_id = ? AND state IN ('pending', 'posted')
             ORDER BY published DESC, id DESC LIMIT ?
             """,
             (subscription_id, limit),
-        ) as cursor:
-            return [ArticleRecord.from_row(row) async for row in cursor]
+        )
+        return [ArticleRecord.from_row(row) for row in rows]
 
     async def oldest_mirrored_published(self, subscription_id: int) -> datetime | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             """
             SELECT min(published) FROM articles
             WHERE subscription_id = ? AND state IN ('pending', 'posted')
             """,
             (subscription_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return from_db_time(row[0]) if row and row[0] else None
 
     async def make_deliverable(self, article_id: int) -> None:
         """``/blog resync``: a skipped, detached or set-aside article gets a thread again."""
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            await tx.execute(
                 """
                 UPDATE articles SET state = 'pending', refusal = NULL, refused_at = NULL
                 WHERE id = ? AND state IN ('skipped', 'detached', 'set_aside')
@@ -208,8 +200,8 @@ class ArticleRepo:
 
     async def detach_thread(self, thread_id: int) -> ArticleRecord | None:
         """A moderator deleted the thread: forget it; only a resync makes a new one."""
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            await tx.execute(
                 """
                 UPDATE articles SET state = 'detached', needs_edit = 0
                 WHERE thread_id = ? AND state = 'posted'
@@ -224,16 +216,14 @@ class CommentRepo:
         self.db = db
 
     async def known(self, subscription_id: int, entry_ids: Iterable[str]) -> dict[str, KnownEntry]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT entry_id, id, content_hash, state, removed FROM comments
             WHERE subscription_id = ? AND entry_id IN (SELECT value FROM json_each(?))
             """,
             (subscription_id, json.dumps(list(entry_ids))),
-        ) as cursor:
-            return {
-                row[0]: KnownEntry(row[1], row[2], row[3], bool(row[4])) async for row in cursor
-            }
+        )
+        return {row[0]: KnownEntry(row[1], row[2], row[3], bool(row[4])) for row in rows}
 
     async def insert_many(
         self,
@@ -245,9 +235,10 @@ class CommentRepo:
         """Insert ``(article row id, comment, state)`` triples not seen before."""
         if not comments:
             return 0
-        async with self.db.write() as conn:
-            before = conn.total_changes
-            await conn.executemany(
+        ids = json.dumps([c.entry_id for _, c, _ in comments])
+        async with self.db.write() as tx:
+            before = await _count(tx, "comments", subscription_id, ids)
+            await tx.executemany(
                 """
                 INSERT INTO comments (
                     subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
@@ -274,7 +265,7 @@ class CommentRepo:
                     for article_id, c, state in comments
                 ],
             )
-            return conn.total_changes - before
+            return await _count(tx, "comments", subscription_id, ids) - before
 
     async def update_content(self, subscription_id: int, comments: Sequence[NewComment]) -> None:
         """Store changed text or removal; posted comments are flagged for an edit.
@@ -284,12 +275,12 @@ class CommentRepo:
         """
         if not comments:
             return
-        async with self.db.write() as conn:
-            await conn.executemany(
+        async with self.db.write() as tx:
+            await tx.executemany(
                 """
                 UPDATE comments
                 SET html = CASE WHEN removed = 1 THEN '' ELSE ? END,
-                    removed = max(removed, ?),
+                    removed = CASE WHEN ? = 1 THEN 1 ELSE removed END,
                     content_hash = ?,
                     needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END
                 WHERE subscription_id = ? AND entry_id = ?
@@ -307,10 +298,7 @@ class CommentRepo:
             )
 
     async def get(self, comment_id: int) -> CommentRecord | None:
-        async with self.db.conn.execute(
-            "SELECT * FROM comments WHERE id = ?", (comment_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.db.fetchone("SELECT * FROM comments WHERE id = ?", (comment_id,))
         return CommentRecord.from_row(row) if row else None
 
     async def for_article(
@@ -318,81 +306,81 @@ class CommentRepo:
     ) -> list[CommentRecord]:
         """An article's comments in publication order (ties by first sighting)."""
         wanted = [s.value for s in states] if states else [s.value for s in CommentState]
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT * FROM comments
             WHERE article_id = ? AND state IN (SELECT value FROM json_each(?))
             ORDER BY published, id
             """,
             (article_id, json.dumps(wanted)),
-        ) as cursor:
-            return [CommentRecord.from_row(row) async for row in cursor]
+        )
+        return [CommentRecord.from_row(row) for row in rows]
 
     async def articles_with_pending(self, subscription_id: int) -> list[int]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT DISTINCT article_id FROM comments
             WHERE subscription_id = ? AND state = 'pending' ORDER BY article_id
             """,
             (subscription_id,),
-        ) as cursor:
-            return [row[0] async for row in cursor]
+        )
+        return [row[0] for row in rows]
 
     async def articles_needing_edit(self, subscription_id: int) -> list[int]:
         """Ids of the articles with a comment message to edit."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             "SELECT DISTINCT article_id FROM comments "
             "WHERE subscription_id = ? AND needs_edit = 1 ORDER BY article_id",
             (subscription_id,),
-        ) as cursor:
-            return [row[0] async for row in cursor]
+        )
+        return [row[0] for row in rows]
 
     async def needing_edit(self, article_id: int) -> list[CommentRecord]:
         """One article's comments whose Discord messages must be edited."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             "SELECT * FROM comments WHERE article_id = ? AND needs_edit = 1 ORDER BY id",
             (article_id,),
-        ) as cursor:
-            return [CommentRecord.from_row(row) async for row in cursor]
+        )
+        return [CommentRecord.from_row(row) for row in rows]
 
     async def message_ids(self, subscription_id: int, entry_ids: Iterable[str]) -> dict[str, int]:
         """Discord message ids of these comments, where they have one."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT entry_id, message_id FROM comments
             WHERE subscription_id = ? AND message_id IS NOT NULL
               AND entry_id IN (SELECT value FROM json_each(?))
             """,
             (subscription_id, json.dumps(list(entry_ids))),
-        ) as cursor:
-            return {row[0]: row[1] async for row in cursor}
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def article_entries(
         self, subscription_id: int, entry_ids: Iterable[str]
     ) -> dict[str, str]:
         """Map stored comment entry ids to their article's entry id."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT c.entry_id, a.entry_id FROM comments AS c
             JOIN articles AS a ON a.id = c.article_id
             WHERE c.subscription_id = ? AND c.entry_id IN (SELECT value FROM json_each(?))
             """,
             (subscription_id, json.dumps(list(entry_ids))),
-        ) as cursor:
-            return {row[0]: row[1] async for row in cursor}
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def entries_in_state(
         self, subscription_id: int, entry_ids: Iterable[str], state: CommentState
     ) -> set[str]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT entry_id FROM comments
             WHERE subscription_id = ? AND state = ?
               AND entry_id IN (SELECT value FROM json_each(?))
             """,
             (subscription_id, state.value, json.dumps(list(entry_ids))),
-        ) as cursor:
-            return {row[0] async for row in cursor}
+        )
+        return {row[0] for row in rows}
 
     async def prepare_resync(self, article_id: int, *, new_thread: bool) -> None:
         """Make an article's comments deliverable again for ``/blog resync``.
@@ -403,8 +391,8 @@ class CommentRepo:
         one stay deleted.
         """
         states = ["skipped", "posted", "set_aside"] if new_thread else ["skipped"]
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            await tx.execute(
                 """
                 UPDATE comments
                 SET state = 'pending', message_id = NULL, extra_message_ids = '[]',
@@ -415,7 +403,7 @@ class CommentRepo:
             )
             # Items Discord refused are tried again: a set-aside comment goes on
             # from the parts it has; a refused edit is made again.
-            await conn.execute(
+            await tx.execute(
                 """
                 UPDATE comments
                 SET state = CASE WHEN state = 'set_aside' THEN 'pending' ELSE state END,
@@ -441,9 +429,21 @@ class CommentRepo:
 
     async def mark_message_deleted(self, message_id: int) -> bool:
         """A moderator deleted this message: never mirror that comment again."""
-        async with self.db.write() as conn:
-            cursor = await conn.execute(
-                "UPDATE comments SET state = 'deleted', needs_edit = 0 WHERE message_id = ?",
-                (message_id,),
-            )
-            return cursor.rowcount > 0
+        changed = await self.db.write_one(
+            "UPDATE comments SET state = 'deleted', needs_edit = 0 WHERE message_id = ?",
+            (message_id,),
+        )
+        return changed > 0
+
+
+async def _count(tx: Transaction, table: str, subscription_id: int, entry_ids: str) -> int:
+    """How many of these entries (a JSON list) the subscription has in ``table``."""
+    row = await tx.fetchone(
+        f"""
+        SELECT count(*) FROM {table}
+        WHERE subscription_id = ? AND entry_id IN (SELECT value FROM json_each(?))
+        """,
+        (subscription_id, entry_ids),
+    )
+    assert row is not None
+    return int(row[0])

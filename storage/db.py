@@ -1,98 +1,96 @@
-"""The SQLite connection: opened once in ``main()`` and handed to the repositories.
+"""The database, whichever backend holds it: opened once in ``main()``, handed to the repositories.
 
-One connection in autocommit mode; every write goes through ``Database.write()``,
-which serialises writers with a lock and wraps them in ``BEGIN IMMEDIATE`` so
-that concurrent tasks never interleave statements inside each other's
-transactions.
+Two backends implement one small interface, so the repositories' SQL is written
+once:
+
+- SQLite (``storage/sqlite.py``), the default: one file, one process.
+- PostgreSQL (``storage/postgres.py``) when ``DATABASE_URL`` is set: several
+  processes may share it (SPEC §8).
+
+The SQL the repositories write is the portable subset both understand, with
+``?`` placeholders. The only backend-specific spelling allowed is
+``json_each(?)`` over a JSON array parameter (``IN (SELECT value FROM
+json_each(?))`` asks "which of these" in one query); the PostgreSQL backend
+rewrites it to ``jsonb_array_elements_text``. Compare integer columns against
+``CAST(value AS INTEGER)``. Times are ISO-8601 UTC text in both, booleans
+integers 0/1, so a value means the same in either.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import abc
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import aiosqlite
-
-from storage.migrations import migrate
-
-log = logging.getLogger(__name__)
+Row = Mapping[str, Any]
+"""A result row: ``row["column"]`` and ``row[index]`` both work in either backend."""
 
 
-class Database:
+class UniqueViolation(Exception):
+    """An INSERT or UPDATE broke a UNIQUE constraint."""
+
+
+class Transaction(Protocol):
+    """Statements inside one write transaction (see ``Database.write``)."""
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    async def fetch(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]: ...
+
+    async def fetchone(self, sql: str, parameters: Sequence[Any] = ()) -> Any | None: ...
+
+
+class Database(abc.ABC):
     """An open blogmirror database."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
-        self.conn = conn
-        self.path = path
-        self._write_lock = asyncio.Lock()
+    backend: str
+    """``"sqlite"`` or ``"postgres"``."""
+
+    def __init__(self) -> None:
         # Write transactions committed (each write_one/write_batch/write counts one);
         # the backfill benchmark reports them per mirrored message.
         self.transactions = 0
 
     @classmethod
     async def open(cls, path: Path | str) -> Database:
-        """Open (creating folder and file if needed), configure and migrate."""
-        path = Path(path)
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            # Migrations run with foreign keys off: rebuilding a table drops the
-            # old one, which would otherwise cascade into the rows that point at it.
-            await migrate(conn)
-            await conn.execute("PRAGMA foreign_keys = ON")
-        except BaseException:
-            await conn.close()
-            raise
-        log.debug("Opened database %s", path)
-        return cls(conn, path)
+        """Open the SQLite file at ``path`` (creating folder and file), migrated."""
+        from storage.sqlite import SqliteDatabase
 
-    async def close(self) -> None:
-        async with self._write_lock:
-            await self.conn.close()
+        return await SqliteDatabase.open(path)
 
-    async def write_one(self, sql: str, parameters: Sequence[Any] = ()) -> None:
-        """Run one write statement on its own, atomic by itself in autocommit mode.
+    @abc.abstractmethod
+    async def fetch(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        """Every row of a query, read outside any write transaction."""
 
-        Cheaper than ``write()`` for a lone UPDATE: one round trip to the
-        connection's thread instead of three (BEGIN, statement, COMMIT), which is
-        most of what an idle poll costs. The write lock is still taken, so the
-        statement never lands inside another task's open transaction.
-        """
-        async with self._write_lock:
-            await self.conn.execute(sql, parameters)
-            self.transactions += 1
+    async def fetchone(self, sql: str, parameters: Sequence[Any] = ()) -> Any | None:
+        rows = await self.fetch(sql, parameters)
+        return rows[0] if rows else None
 
-    async def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """One statement over many rows in a single round trip (and one transaction)."""
-        async with self._write_lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                await self.conn.executemany(sql, rows)
-            except BaseException:
-                await self.conn.rollback()
-                raise
-            await self.conn.commit()
-            self.transactions += 1
-
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+    @abc.abstractmethod
+    def write(self) -> AbstractAsyncContextManager[Transaction]:
         """One write transaction: committed on success, rolled back on any error."""
-        async with self._write_lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                await self.conn.rollback()
-                raise
-            await self.conn.commit()
-            self.transactions += 1
+
+    @abc.abstractmethod
+    async def write_one(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """One write statement, atomic on its own; returns the rows it changed."""
+
+    @abc.abstractmethod
+    async def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement over many rows in a single transaction."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+async def open_database(*, path: Path | str, url: str | None) -> Database:
+    """PostgreSQL when ``url`` is given (``DATABASE_URL``), else the SQLite file at ``path``."""
+    if url:
+        from storage.postgres import PostgresDatabase
+
+        return await PostgresDatabase.connect(url)
+    return await Database.open(path)

@@ -24,9 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import aiosqlite
-
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.records import Intent, IntentKind, to_db_time
 
 ARTICLE_KINDS = tuple(kind.value for kind in IntentKind if kind.about_article)
@@ -132,8 +130,8 @@ class Outbox:
         """Record intents (one transaction for all) and return them with their nonces."""
         if not intents:
             return []
-        async with self.db.write() as conn:
-            return await _insert(conn, intents, now)
+        async with self.db.write() as tx:
+            return await _insert(tx, intents, now)
 
     async def complete(
         self,
@@ -145,29 +143,29 @@ class Outbox:
     ) -> list[Intent]:
         """Close ``intent`` and apply ``effect`` in one transaction; open ``then_open`` too."""
         message_id = _message_of(effect)
-        async with self.db.write() as conn:
-            cursor = await conn.execute(
+        async with self.db.write() as tx:
+            changed = await tx.execute(
                 """
                 UPDATE outbox SET completed_at = ?, message_id = ?
                 WHERE id = ? AND completed_at IS NULL
                 """,
                 (to_db_time(now), message_id, intent.id),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise OutboxError(f"intent {intent.id} is not open")
-            await _apply(conn, intent, effect, now)
-            return await _insert(conn, then_open, now)
+            await _apply(tx, intent, effect, now)
+            return await _insert(tx, then_open, now)
 
     async def open_in_channel(self, channel_id: int) -> list[Intent]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             "SELECT * FROM outbox WHERE completed_at IS NULL AND channel_id = ? ORDER BY id",
             (channel_id,),
-        ) as cursor:
-            return [Intent.from_row(row) async for row in cursor]
+        )
+        return [Intent.from_row(row) for row in rows]
 
     async def open_for_article(self, article_id: int) -> list[Intent]:
         """Open intents about the article itself (its thread, its message)."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT * FROM outbox
             WHERE completed_at IS NULL AND target_id = ?
@@ -175,31 +173,28 @@ class Outbox:
             ORDER BY id
             """,
             (article_id, json.dumps(ARTICLE_KINDS)),
-        ) as cursor:
-            return [Intent.from_row(row) async for row in cursor]
+        )
+        return [Intent.from_row(row) for row in rows]
 
     async def prune(self, before: datetime) -> int:
         """Forget intents completed before ``before``; open ones are never pruned."""
-        async with self.db.write() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM outbox WHERE completed_at IS NOT NULL AND completed_at < ?",
-                (to_db_time(before),),
-            )
-            return cursor.rowcount
+        return await self.db.write_one(
+            "DELETE FROM outbox WHERE completed_at IS NOT NULL AND completed_at < ?",
+            (to_db_time(before),),
+        )
 
 
-async def _insert(
-    conn: aiosqlite.Connection, intents: Sequence[NewIntent], now: datetime
-) -> list[Intent]:
+async def _insert(tx: Transaction, intents: Sequence[NewIntent], now: datetime) -> list[Intent]:
     made: list[Intent] = []
     for new in intents:
         # Discord nonces are at most 25 characters.
         nonce = secrets.token_hex(12)
-        cursor = await conn.execute(
+        row = await tx.fetchone(
             """
             INSERT INTO outbox (subscription_id, kind, target_id, part, total, channel_id,
                                 nonce, created_at)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            RETURNING id
             """,
             (
                 new.subscription_id,
@@ -212,10 +207,10 @@ async def _insert(
                 to_db_time(now),
             ),
         )
-        assert cursor.lastrowid is not None
+        assert row is not None
         made.append(
             Intent(
-                id=cursor.lastrowid,
+                id=int(row[0]),
                 subscription_id=new.subscription_id,
                 kind=new.kind,
                 target_id=new.target_id,
@@ -239,7 +234,7 @@ def _message_of(effect: Effect) -> int | None:
     return None
 
 
-async def _apply(conn: aiosqlite.Connection, intent: Intent, effect: Effect, now: datetime) -> None:
+async def _apply(tx: Transaction, intent: Intent, effect: Effect, now: datetime) -> None:
     """The effect's change to the intent's target; an effect that finds no row is an error."""
     table = "articles" if intent.kind.about_article else "comments"
     sql: str | None
@@ -257,24 +252,27 @@ async def _apply(conn: aiosqlite.Connection, intent: Intent, effect: Effect, now
             sql = "UPDATE articles SET starter_message_id = ? WHERE id = ? AND state = 'pending'"
             params = (message_id, intent.target_id)
         case PartPosted(message_id, total):
-            done = intent.part + 1 >= (total or intent.total)
+            done = int(intent.part + 1 >= (total or intent.total))
             if intent.part == 0:
                 sql = """
                     UPDATE comments
                     SET message_id = ?, parts_sent = 1, needs_edit = 0,
-                        state = CASE WHEN ? THEN 'posted' ELSE state END
+                        state = CASE WHEN ? = 1 THEN 'posted' ELSE state END
                     WHERE id = ? AND parts_sent = 0 AND state = 'pending'
                 """
                 params = (message_id, done, intent.target_id)
             else:
+                row = await tx.fetchone(
+                    "SELECT extra_message_ids FROM comments WHERE id = ?", (intent.target_id,)
+                )
+                extra = [*json.loads(row[0]), message_id] if row else [message_id]
                 sql = """
                     UPDATE comments
-                    SET extra_message_ids = json_insert(extra_message_ids, '$[#]', ?),
-                        parts_sent = ? + 1,
-                        state = CASE WHEN ? THEN 'posted' ELSE state END
+                    SET extra_message_ids = ?, parts_sent = ?,
+                        state = CASE WHEN ? = 1 THEN 'posted' ELSE state END
                     WHERE id = ? AND parts_sent = ? AND state = 'pending'
                 """
-                params = (message_id, intent.part, done, intent.target_id, intent.part)
+                params = (json.dumps(extra), intent.part + 1, done, intent.target_id, intent.part)
         case Refused(reason):
             if intent.kind in (IntentKind.COMMENT_EDIT, IntentKind.ARTICLE_EDIT):
                 # The message stays as it was; the refusal is shown until a resync.
@@ -292,10 +290,16 @@ async def _apply(conn: aiosqlite.Connection, intent: Intent, effect: Effect, now
                 UPDATE comments
                 SET needs_edit = CASE WHEN content_hash = ? THEN 0 ELSE needs_edit END,
                     parts_sent = ?, extra_message_ids = ?,
-                    state = CASE WHEN ? AND state = 'posted' THEN 'pending' ELSE state END
+                    state = CASE WHEN ? = 1 AND state = 'posted' THEN 'pending' ELSE state END
                 WHERE id = ?
             """
-            params = (content_hash, parts_sent, json.dumps(list(extra_ids)), more, intent.target_id)
+            params = (
+                content_hash,
+                parts_sent,
+                json.dumps(list(extra_ids)),
+                int(more),
+                intent.target_id,
+            )
         case ArticleEdited(content_hash):
             sql = """
                 UPDATE articles
@@ -311,8 +315,7 @@ async def _apply(conn: aiosqlite.Connection, intent: Intent, effect: Effect, now
             params = ()
     if sql is None:
         return
-    cursor = await conn.execute(sql, params)
-    if cursor.rowcount != 1:
+    if await tx.execute(sql, params) != 1:
         raise OutboxError(
             f"{type(effect).__name__} of intent {intent.id} ({intent.kind}) found no "
             f"{table} row {intent.target_id} in the expected state"

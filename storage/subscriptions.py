@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import datetime
 
-from storage.db import Database
+from storage.db import Database, UniqueViolation
 from storage.records import (
     HttpValidators,
     Subscription,
@@ -47,14 +46,15 @@ class SubscriptionRepo:
         next_poll_at: datetime,
     ) -> Subscription:
         try:
-            async with self.db.write() as conn:
-                cursor = await conn.execute(
+            async with self.db.write() as tx:
+                row = await tx.fetchone(
                     """
                     INSERT INTO subscriptions (
                         guild_id, channel_id, feed_url, blog_url, blog_title, dialect,
                         comments_feed_url, mirror_comments, backfill, interval_seconds,
                         created_at, next_poll_at
                     ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    RETURNING id
                     """,
                     (
                         guild_id,
@@ -71,43 +71,39 @@ class SubscriptionRepo:
                         to_db_time(next_poll_at),
                     ),
                 )
-                new_id = cursor.lastrowid
-        except sqlite3.IntegrityError as exc:
+        except UniqueViolation as exc:
             raise DuplicateSubscriptionError(feed_url) from exc
-        assert new_id is not None
-        subscription = await self.get(new_id)
+        assert row is not None
+        subscription = await self.get(int(row[0]))
         assert subscription is not None
         return subscription
 
     async def get(self, subscription_id: int) -> Subscription | None:
-        async with self.db.conn.execute(
-            "SELECT * FROM subscriptions WHERE id = ?", (subscription_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.db.fetchone("SELECT * FROM subscriptions WHERE id = ?", (subscription_id,))
         return Subscription.from_row(row) if row else None
 
     async def list_for_guild(self, guild_id: int) -> list[Subscription]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             "SELECT * FROM subscriptions WHERE guild_id = ? ORDER BY blog_title, id", (guild_id,)
-        ) as cursor:
-            return [Subscription.from_row(row) async for row in cursor]
+        )
+        return [Subscription.from_row(row) for row in rows]
 
     async def find_in_guild(self, guild_id: int, url: str) -> list[Subscription]:
         """Subscriptions of this guild whose feed URL or blog URL is ``url``."""
         candidates = _url_variants(url)
         marks = ", ".join("?" for _ in candidates)
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             f"""
             SELECT * FROM subscriptions
             WHERE guild_id = ? AND (feed_url IN ({marks}) OR blog_url IN ({marks}))
             ORDER BY id
             """,
             (guild_id, *candidates, *candidates),
-        ) as cursor:
-            return [Subscription.from_row(row) async for row in cursor]
+        )
+        return [Subscription.from_row(row) for row in rows]
 
     async def list_due(self, now: datetime, limit: int) -> list[Subscription]:
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT * FROM subscriptions
             WHERE state = 'active' AND next_poll_at <= ?
@@ -115,12 +111,12 @@ class SubscriptionRepo:
             LIMIT ?
             """,
             (to_db_time(now), limit),
-        ) as cursor:
-            return [Subscription.from_row(row) async for row in cursor]
+        )
+        return [Subscription.from_row(row) for row in rows]
 
     async def with_unfinished_work(self) -> list[Subscription]:
         """Active subscriptions with pending articles or comments, or open send intents."""
-        async with self.db.conn.execute(
+        rows = await self.db.fetch(
             """
             SELECT * FROM subscriptions AS s
             WHERE s.state = 'active' AND (
@@ -133,8 +129,8 @@ class SubscriptionRepo:
             )
             ORDER BY s.id
             """
-        ) as cursor:
-            return [Subscription.from_row(row) async for row in cursor]
+        )
+        return [Subscription.from_row(row) for row in rows]
 
     async def record_success(
         self, subscription_id: int, *, now: datetime, next_poll_at: datetime
@@ -181,14 +177,15 @@ class SubscriptionRepo:
         failures: int | None = None,
     ) -> int:
         """Count one more consecutive failure (or set ``failures``); return the count."""
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            row = await tx.fetchone(
                 """
                 UPDATE subscriptions
                 SET last_poll_at = ?, next_poll_at = ?, last_error = ?, last_error_status = ?,
                     last_error_at = ?,
                     consecutive_failures = coalesce(?, consecutive_failures + 1)
                 WHERE id = ?
+                RETURNING consecutive_failures
                 """,
                 (
                     to_db_time(now),
@@ -200,10 +197,6 @@ class SubscriptionRepo:
                     subscription_id,
                 ),
             )
-            async with conn.execute(
-                "SELECT consecutive_failures FROM subscriptions WHERE id = ?", (subscription_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
     async def set_state(
@@ -220,24 +213,27 @@ class SubscriptionRepo:
         its next success is reported as a recovery while a further failure does
         not disable it again at once.
         """
-        async with self.db.write() as conn:
+        async with self.db.write() as tx:
             if state is SubscriptionState.ACTIVE:
-                await conn.execute(
+                await tx.execute(
                     """
                     UPDATE subscriptions
-                    SET state = ?, consecutive_failures = min(consecutive_failures, ?),
+                    SET state = ?,
+                        consecutive_failures = CASE WHEN consecutive_failures > ? THEN ?
+                                               ELSE consecutive_failures END,
                         next_poll_at = coalesce(?, next_poll_at)
                     WHERE id = ?
                     """,
                     (
                         state.value,
                         failures_cap,
+                        failures_cap,
                         next_poll_at and to_db_time(next_poll_at),
                         subscription_id,
                     ),
                 )
             else:
-                await conn.execute(
+                await tx.execute(
                     "UPDATE subscriptions SET state = ? WHERE id = ?",
                     (state.value, subscription_id),
                 )
@@ -245,50 +241,51 @@ class SubscriptionRepo:
     async def update_feed_info(
         self, subscription_id: int, *, blog_title: str, comments_feed_url: str | None
     ) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            await tx.execute(
                 "UPDATE subscriptions SET blog_title = ?, comments_feed_url = ? WHERE id = ?",
                 (blog_title, comments_feed_url, subscription_id),
             )
 
     async def set_comments_seen_until(self, subscription_id: int, value: datetime) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            await tx.execute(
                 "UPDATE subscriptions SET comments_seen_until = ? WHERE id = ?",
                 (to_db_time(value), subscription_id),
             )
 
     async def delete(self, subscription_id: int) -> None:
-        async with self.db.write() as conn:
-            await conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
+        async with self.db.write() as tx:
+            await tx.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
 
     async def counts(self, subscription_id: int) -> SubscriptionCounts:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             """
+            WITH sub (id) AS (SELECT CAST(? AS BIGINT))
             SELECT
                 (SELECT count(*) FROM articles
-                 WHERE subscription_id = :id AND state IN ('posted', 'detached')),
+                 WHERE subscription_id = (SELECT id FROM sub)
+                   AND state IN ('posted', 'detached')),
                 (SELECT count(*) FROM comments
-                 WHERE subscription_id = :id AND state = 'posted'),
+                 WHERE subscription_id = (SELECT id FROM sub) AND state = 'posted'),
                 (SELECT count(*) FROM articles
-                 WHERE subscription_id = :id AND state = 'pending'),
+                 WHERE subscription_id = (SELECT id FROM sub) AND state = 'pending'),
                 (SELECT count(*) FROM comments
-                 WHERE subscription_id = :id AND state = 'pending'),
+                 WHERE subscription_id = (SELECT id FROM sub) AND state = 'pending'),
                 (SELECT count(*) FROM articles
-                 WHERE subscription_id = :id AND refusal IS NOT NULL)
+                 WHERE subscription_id = (SELECT id FROM sub) AND refusal IS NOT NULL)
                 + (SELECT count(*) FROM comments
-                   WHERE subscription_id = :id AND refusal IS NOT NULL),
+                   WHERE subscription_id = (SELECT id FROM sub) AND refusal IS NOT NULL),
                 (SELECT refusal FROM (
                     SELECT refusal, refused_at FROM articles
-                    WHERE subscription_id = :id AND refusal IS NOT NULL
+                    WHERE subscription_id = (SELECT id FROM sub) AND refusal IS NOT NULL
                     UNION ALL
                     SELECT refusal, refused_at FROM comments
-                    WHERE subscription_id = :id AND refusal IS NOT NULL
-                 ) ORDER BY refused_at DESC LIMIT 1)
+                    WHERE subscription_id = (SELECT id FROM sub) AND refusal IS NOT NULL
+                 ) AS refused ORDER BY refused_at DESC LIMIT 1)
             """,
-            {"id": subscription_id},
-        ) as cursor:
-            row = await cursor.fetchone()
+            (subscription_id,),
+        )
         assert row is not None
         return SubscriptionCounts(
             articles_mirrored=int(row[0]),
@@ -303,8 +300,8 @@ class SubscriptionRepo:
 
     async def validators(self, subscription_id: int, url: str) -> HttpValidators | None:
         """The stored validators; read before every fetch, so in one round trip
-        (``execute_fetchall``, where execute + fetchone + close would be three)."""
-        rows = await self.db.conn.execute_fetchall(
+        (SQLite's ``execute_fetchall``, where execute + fetchone + close would be three)."""
+        rows = await self.db.fetch(
             "SELECT etag, last_modified, body_hash FROM http_cache "
             "WHERE subscription_id = ? AND url = ?",
             (subscription_id, url),
@@ -337,15 +334,14 @@ class SubscriptionRepo:
     # --- guild settings --------------------------------------------------------------
 
     async def log_channel(self, guild_id: int) -> int | None:
-        async with self.db.conn.execute(
+        row = await self.db.fetchone(
             "SELECT log_channel_id FROM guild_settings WHERE guild_id = ?", (guild_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return int(row[0]) if row and row[0] is not None else None
 
     async def set_log_channel(self, guild_id: int, channel_id: int | None) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
+        async with self.db.write() as tx:
+            await tx.execute(
                 """
                 INSERT INTO guild_settings (guild_id, log_channel_id) VALUES (?, ?)
                 ON CONFLICT (guild_id) DO UPDATE SET log_channel_id = excluded.log_channel_id

@@ -17,10 +17,11 @@ from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
-from storage import Database
+from storage import Database, open_database
 from tests.dbview import DatabaseView
 from tests.discord_double import DiscordDouble, RateLimits
 from tests.feedserver import FeedServer, guard_loopback_only
+from tests.pg import fresh_schema, require_postgres
 
 TEST_TOKEN = "discord-double-token-0123456789"
 
@@ -64,6 +65,8 @@ class Harness:
     forum_id: int
     text_id: int
     database_path: Path
+    database_url: str | None = None
+    """Set when the bot runs on PostgreSQL (the ``postgres`` half of the suite)."""
 
     async def subscribe(self, url: str, channel_id: int, **options: Any) -> Any:
         record = await self.double.invoke_command(
@@ -89,6 +92,8 @@ class Harness:
     @property
     def db(self) -> DatabaseView:
         """The bot's database, read-only, for waiting on what the bot recorded."""
+        if self.database_url is not None:
+            return DatabaseView(url=self.database_url)
         return DatabaseView(self.database_path)
 
     @property
@@ -143,11 +148,15 @@ async def running_bot(
     *,
     rate_limits: RateLimits | None = None,
     database_path: Path | None = None,
+    database_url: str | None = None,
     double: DiscordDouble | None = None,
     feeds: FeedServer | None = None,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
-    """Start the double (unless given), the feed server and the bot; stop all after."""
+    """Start the double (unless given), the feed server and the bot; stop all after.
+
+    ``database_url`` runs the bot on PostgreSQL (a URL from ``tests.pg.fresh_schema``).
+    """
     own_double = double is None
     double = double or DiscordDouble(token=TEST_TOKEN, rate_limits=rate_limits)
     own_feeds = feeds is None
@@ -160,8 +169,8 @@ async def running_bot(
     forum = double.add_forum_channel(guild.id, "blog-comments", tags=["CRC", "News"])
     text = double.add_text_channel(guild.id, "general")
     path = database_path or tmp_path / "blogmirror.db"
-    config = test_settings(path, **settings)
-    db = await Database.open(path)
+    config = test_settings(path, database_url=database_url, **settings)
+    db = await open_database(path=path, url=database_url)
     try:
         with double.patched():
             async with (
@@ -181,7 +190,9 @@ async def running_bot(
                     await double.wait_ready()
                     async with asyncio.timeout(10):
                         await bot.wait_until_ready()
-                    yield Harness(double, feeds, bot, guild.id, forum.id, text.id, path)
+                    yield Harness(
+                        double, feeds, bot, guild.id, forum.id, text.id, path, database_url
+                    )
                 finally:
                     await bot.close()
                     with contextlib.suppress(Exception):
@@ -207,8 +218,42 @@ async def server() -> AsyncIterator[FeedServer]:
         yield srv
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each storage and end-to-end test runs on SQLite and on PostgreSQL."""
+    if request.param == "postgres":
+        require_postgres()
+    return str(request.param)
+
+
+@contextlib.asynccontextmanager
+async def database_for(backend: str, tmp_path: Path) -> AsyncIterator[str | None]:
+    """``None`` for SQLite (a file in ``tmp_path``), or the URL of a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        yield None
+        return
+    async with fresh_schema() as (_schema, url):
+        yield url
+
+
 @pytest.fixture
-async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+async def database(backend: str, tmp_path: Path) -> AsyncIterator[Database]:
+    """An open, migrated, empty database of each backend."""
+    async with database_for(backend, tmp_path) as url:
+        db = await open_database(path=tmp_path / "data" / "blogmirror.db", url=url)
+        try:
+            yield db
+        finally:
+            await db.close()
+
+
+@pytest.fixture
+async def harness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> AsyncIterator[Harness]:
     guard_loopback_only(monkeypatch)
-    async with running_bot(tmp_path) as running:
+    async with (
+        database_for(backend, tmp_path) as url,
+        running_bot(tmp_path, database_url=url) as running,
+    ):
         yield running

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,16 @@ SELECT
 
 
 class DatabaseView:
-    """Read-only queries on one blogmirror database file."""
+    """Read-only queries on one blogmirror database: a SQLite file, or a PostgreSQL URL."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
         self.path = path
+        self.url = url
 
-    def rows(self, sql: str, *parameters: Any) -> list[sqlite3.Row]:
+    def rows(self, sql: str, *parameters: Any) -> list[Any]:
+        if self.url is not None:
+            return _postgres_rows(self.url, sql, parameters)
+        assert self.path is not None
         if not self.path.exists():
             return []
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -60,3 +65,28 @@ class DatabaseView:
     def article_of_thread(self, thread_id: int) -> sqlite3.Row | None:
         found = self.rows("SELECT * FROM articles WHERE thread_id = ?", thread_id)
         return found[0] if found else None
+
+
+class _Row(dict[str, Any]):
+    """A PostgreSQL row read like ``sqlite3.Row``: by column name or by position."""
+
+    def __getitem__(self, key: str | int) -> Any:  # type: ignore[override]
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return super().__getitem__(key)
+
+
+def _postgres_rows(url: str, sql: str, parameters: Sequence[Any]) -> list[Any]:
+    """The same query through a short read-only psycopg connection (tests only)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    base, _, query = url.partition("?")
+    settings = dict(part.split("=", 1) for part in query.split("&") if part)
+    options = " ".join(f"-c {key}={value}" for key, value in settings.items())
+    info = conninfo_to_dict(base) | ({"options": options} if options else {})
+    with psycopg.connect(**info) as conn:
+        conn.read_only = True
+        cursor = conn.execute(sql.replace("?", "%s"), parameters)  # type: ignore[arg-type]
+        names = [column.name for column in cursor.description or []]
+        return [_Row(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -269,10 +268,8 @@ async def test_members_without_manage_server_cannot_use_blog(harness: Harness) -
 
 async def test_unexpected_errors_get_an_apology(harness: Harness) -> None:
     """An internal failure answers with a short apology, not a traceback."""
-    conn = sqlite3.connect(harness.database_path)
-    conn.execute("ALTER TABLE subscriptions RENAME TO broken")
-    conn.commit()
-    conn.close()
+    async with harness.bot.db.write() as tx:  # the database breaks under the bot
+        await tx.execute("ALTER TABLE subscriptions RENAME TO broken")
     record = await command(harness, "list")
     assert "Sorry, something went wrong" in text_of(record)
     assert "Traceback" not in text_of(record)

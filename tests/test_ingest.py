@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -85,15 +84,14 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
+async def env(database: Database, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     guard_loopback_only(monkeypatch)
-    db = await Database.open(tmp_path / "blogmirror.db")
+    db = database
     async with FeedServer() as server, create_session(allow_private=True) as session:
         fetcher = Fetcher(session, timeout=10, max_bytes=1_000_000, allow_private=True)
         subs, articles, comments = SubscriptionRepo(db), ArticleRepo(db), CommentRepo(db)
         ingestor = Ingestor(fetcher, subs, articles, comments)
         yield Env(server, db, subs, articles, comments, ingestor, Poller(ingestor, subs))
-    await db.close()
 
 
 def serve_seed(server: FeedServer) -> None:

@@ -246,6 +246,5 @@ async def test_the_janitor_prunes_completed_intents_older_than_a_day(harness: Ha
     assert cog is not None
     harness.bot.mirror.clock = lambda: datetime.now(UTC) + timedelta(days=2)
     await cog.janitor()  # type: ignore[attr-defined]
-    async with harness.bot.db.conn.execute("SELECT id FROM outbox") as cursor:
-        left = [row[0] async for row in cursor]
+    left = [row[0] for row in await harness.bot.db.fetch("SELECT id FROM outbox")]
     assert left == [open_.id]  # the completed ones went; the open one never does

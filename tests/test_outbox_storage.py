@@ -31,10 +31,9 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Database:
-    database = await Database.open(tmp_path / "outbox.db")
-    yield database  # type: ignore[misc]
-    await database.close()
+def db(database: Database) -> Database:
+    """The repositories' database, on SQLite and on PostgreSQL."""
+    return database
 
 
 async def setup(db: Database) -> tuple[Subscription, int, list[int]]:

@@ -85,10 +85,9 @@ def comment(entry_id: str, *, parent: str | None = None, minutes: int = 0) -> Ne
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Database:
-    database = await Database.open(tmp_path / "nested" / "blogmirror.db")
-    yield database  # type: ignore[misc]
-    await database.close()
+def db(database: Database) -> Database:
+    """The repositories' database, on SQLite and on PostgreSQL."""
+    return database
 
 
 async def test_migrates_an_empty_database_and_creates_its_folder(tmp_path: Path) -> None:
