@@ -162,12 +162,18 @@ class DiscordDouble:
         *,
         everyone_permissions: PermissionsLike = DEFAULT_EVERYONE_PERMISSIONS,
         bot_permissions: PermissionsLike = DEFAULT_BOT_PERMISSIONS,
+        shard: tuple[int, int] | None = None,
     ) -> Guild:
-        """A guild with @everyone, the bot's managed role and the bot as a member."""
+        """A guild with @everyone, the bot's managed role and the bot as a member.
+
+        ``shard=(shard_id, shard_count)`` picks an id that shard owns:
+        ``(guild.id >> 22) % shard_count == shard_id``.
+        """
         return self.world.add_guild(
             name,
             everyone_permissions=_bits(everyone_permissions),
             bot_permissions=_bits(bot_permissions),
+            shard=shard,
         )
 
     def add_text_channel(
