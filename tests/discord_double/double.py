@@ -60,6 +60,7 @@ class DiscordDouble:
         interaction_token_ttl: float = 900.0,
         privileged_intents: int = 0,
         wait_timeout: float = 10.0,
+        recommended_shards: int = 1,
     ) -> None:
         self.token = token
         self.nonce_window = nonce_window
@@ -72,6 +73,8 @@ class DiscordDouble:
         self.wait_timeout = wait_timeout
         """Deadline of every ``wait_*`` helper: they fail a test instead of hanging it.
         10 s by default because discord.py sleeps 5 s before each re-IDENTIFY."""
+        self.recommended_shards = recommended_shards
+        """``shards`` in ``GET /gateway/bot``: what ``AutoShardedClient`` runs when not told."""
         self.application_flags = 0
         self.ids = Snowflakes()
         self.application_id = self.ids.next()
