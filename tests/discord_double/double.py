@@ -409,6 +409,21 @@ class DiscordDouble:
         async with asyncio.timeout(self.wait_timeout):
             await self.gateway.ready.wait()
 
+    async def wait_shards_ready(self, shard_ids: Iterable[int], *, count: int) -> None:
+        """Until each of ``shard_ids`` (of ``count``) has a connected session that got READY
+        and its GUILD_CREATEs (or RESUMED)."""
+        wanted = {(shard_id, count) for shard_id in shard_ids}
+        hub = self.gateway
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                await hub.wait_until(lambda: wanted <= hub.ready_shards())
+        except TimeoutError:
+            missing = sorted(wanted - hub.ready_shards())
+            raise AssertionError(
+                f"shards {missing} not READY within {self.wait_timeout}s; "
+                f"ready: {sorted(hub.ready_shards())}"
+            ) from None
+
     async def drop_gateway(self, *, resume: bool = True, code: int | None = 4000) -> None:
         """Disconnect the client; see ``GatewayHub.drop``."""
         await self.gateway.drop(resume=resume, code=code)
