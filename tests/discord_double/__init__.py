@@ -24,6 +24,15 @@ every request. Build the world before or after connecting; later changes are dis
 ``on_ready`` waits 2 s after the last GUILD_CREATE; override ``before_identify_hook`` to skip
 the 5 s discord.py sleeps before every re-IDENTIFY.
 
+Sharding (rules and guesses in ``shards.py``): a session sees only the guilds of the shard its
+IDENTIFY named (``[0, 1]`` without one); guild events and interactions go to that shard's
+sessions, guild-less events to shard 0. ``wait_ready()`` waits for any one session::
+
+    double = DiscordDouble(recommended_shards=2)        # "shards" in GET /gateway/bot
+    guild = double.add_guild("G", shard=(1, 2))         # (guild.id >> 22) % 2 == 1
+    await double.wait_shards_ready({0, 1}, count=2)
+    [d.shard for d in double.gateway.dispatched if d.guild_id == guild.id]   # [(1, 2), ...]
+
 Slash commands (the bot must have synced them: option types come from its definitions)::
 
     record = await double.invoke_command(guild.id, text.id, "blog", "subscribe",
@@ -42,7 +51,7 @@ Inspecting what the bot did::
     double.message(message_id), double.channel(id), double.threads(parent_id)
     double.requests / double.requests_to("POST", "/channels/{channel_id}/messages")
     double.count_429, double.unknown_routes, double.commands.commands(guild.id)
-    double.gateway.identifies / .resumes / .paths / .dispatched
+    double.gateway.identifies / .resumes / .paths / .dispatched / .ready_shards()
 
 Acting as members and moderators (each dispatches the matching gateway event)::
 

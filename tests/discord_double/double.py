@@ -60,6 +60,7 @@ class DiscordDouble:
         interaction_token_ttl: float = 900.0,
         privileged_intents: int = 0,
         wait_timeout: float = 10.0,
+        recommended_shards: int = 1,
     ) -> None:
         self.token = token
         self.nonce_window = nonce_window
@@ -72,6 +73,8 @@ class DiscordDouble:
         self.wait_timeout = wait_timeout
         """Deadline of every ``wait_*`` helper: they fail a test instead of hanging it.
         10 s by default because discord.py sleeps 5 s before each re-IDENTIFY."""
+        self.recommended_shards = recommended_shards
+        """``shards`` in ``GET /gateway/bot``: what ``AutoShardedClient`` runs when not told."""
         self.application_flags = 0
         self.ids = Snowflakes()
         self.application_id = self.ids.next()
@@ -162,12 +165,18 @@ class DiscordDouble:
         *,
         everyone_permissions: PermissionsLike = DEFAULT_EVERYONE_PERMISSIONS,
         bot_permissions: PermissionsLike = DEFAULT_BOT_PERMISSIONS,
+        shard: tuple[int, int] | None = None,
     ) -> Guild:
-        """A guild with @everyone, the bot's managed role and the bot as a member."""
+        """A guild with @everyone, the bot's managed role and the bot as a member.
+
+        ``shard=(shard_id, shard_count)`` picks an id that shard owns:
+        ``(guild.id >> 22) % shard_count == shard_id``.
+        """
         return self.world.add_guild(
             name,
             everyone_permissions=_bits(everyone_permissions),
             bot_permissions=_bits(bot_permissions),
+            shard=shard,
         )
 
     def add_text_channel(
@@ -399,6 +408,21 @@ class DiscordDouble:
         """Until READY and every GUILD_CREATE (or RESUMED) were sent on a live connection."""
         async with asyncio.timeout(self.wait_timeout):
             await self.gateway.ready.wait()
+
+    async def wait_shards_ready(self, shard_ids: Iterable[int], *, count: int) -> None:
+        """Until each of ``shard_ids`` (of ``count``) has a connected session that got READY
+        and its GUILD_CREATEs (or RESUMED)."""
+        wanted = {(shard_id, count) for shard_id in shard_ids}
+        hub = self.gateway
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                await hub.wait_until(lambda: wanted <= hub.ready_shards())
+        except TimeoutError:
+            missing = sorted(wanted - hub.ready_shards())
+            raise AssertionError(
+                f"shards {missing} not READY within {self.wait_timeout}s; "
+                f"ready: {sorted(hub.ready_shards())}"
+            ) from None
 
     async def drop_gateway(self, *, resume: bool = True, code: int | None = 4000) -> None:
         """Disconnect the client; see ``GatewayHub.drop``."""

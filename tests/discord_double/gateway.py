@@ -8,6 +8,14 @@ A ``Session`` outlives its connection: dispatches made while the client is disco
 numbered and buffered, and a RESUME with the last sequence the client saw replays them, as
 Discord does. A session the double forgot (``drop(resume=False)``) answers RESUME with
 INVALID_SESSION ``false``, and discord.py then IDENTIFYs afresh.
+
+Any number of sessions may be live at once: the shards of one ``AutoShardedClient``, several
+processes each running some shards, or an old and a new process overlapping in a restart.
+Each session belongs to the shard its IDENTIFY named and receives only that shard's guilds
+(``shards.py`` has the rules and the guesses). ``ready`` is set once any session got READY
+and its GUILD_CREATEs (or RESUMED) and cleared when no session is connected: the
+single-client view. ``ready_shards()`` is the per-shard view. ``dispatched`` records every
+numbered dispatch with the session and shard it went to.
 """
 
 from __future__ import annotations
@@ -19,12 +27,13 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import WSMsgType, web
 
-from .models import Channel
+from .models import Channel, Guild
 from .payloads import guild_create_json, user_json
+from .shards import UNSHARDED, InvalidShard, ShardKey, event_guild_id, identify_shard, owns
 
 if TYPE_CHECKING:
     from .double import DiscordDouble
@@ -62,13 +71,26 @@ OP_RECONNECT, OP_INVALID_SESSION, OP_HELLO, OP_HEARTBEAT_ACK = 7, 9, 10, 11
 REPLAY_BUFFER = 1000
 
 
+class Dispatch(NamedTuple):
+    """One numbered dispatch as sent to one session."""
+
+    event: str
+    seq: int
+    shard: ShardKey
+    guild_id: int | None
+    session_id: str
+
+
 @dataclass
 class Session:
     id: str
     intents: int
+    shard: ShardKey = UNSHARDED
     seq: int = 0
     buffer: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=REPLAY_BUFFER))
     connection: Connection | None = None
+    ready: bool = False
+    """READY and its GUILD_CREATEs (or RESUMED) went out on the current connection."""
 
     def frame(self, event: str, data: dict[str, Any]) -> str:
         self.seq += 1
@@ -132,7 +154,9 @@ class GatewayHub:
         self.heartbeats = 0
         self.paths: list[str] = []
         """The websocket path of every connection, to check RESUME used resume_gateway_url."""
-        self.dispatched: list[tuple[str, int]] = []
+        self.dispatched: list[Dispatch] = []
+        """Every numbered dispatch (READY, GUILD_CREATE, events, RESUMED), per session."""
+        self._changed = asyncio.Event()
 
     # -- websocket handler -------------------------------------------------------------
 
@@ -160,6 +184,7 @@ class GatewayHub:
         session = conn.session
         if session is not None and session.connection is conn:
             session.connection = None
+            session.ready = False
             if close_code in (1000, 1001):
                 # A clean close by the client ends the session, as on Discord. (aiohttp
                 # may report 1000 for a close the server started, hence the flag.)
@@ -185,15 +210,22 @@ class GatewayHub:
         if intents & PRIVILEGED_INTENTS & ~self.double.privileged_intents:
             await conn.close(4014, "Disallowed intent(s).")
             return
+        try:
+            shard = identify_shard(data)
+        except InvalidShard:
+            await conn.close(4010, "Invalid shard")
+            return
         self.identifies += 1
-        session = Session(id=secrets.token_hex(16), intents=intents)
+        session = Session(id=secrets.token_hex(16), intents=intents, shard=shard)
         self.sessions[session.id] = session
         self._attach(conn, session)
-        conn.send(session.frame("READY", self._ready_payload(session, data)))
-        for guild in self.double.world.guilds.values():
-            body = guild_create_json(self.double.world, guild, self.double.bot.id)
-            conn.send(session.frame("GUILD_CREATE", body))
-        conn.send(self.ready.set)
+        world = self.double.world
+        guilds = [g for g in world.guilds.values() if owns(shard, g.id)]
+        self._send(session, "READY", self._ready_payload(session, data, guilds), None)
+        for guild in guilds:
+            body = guild_create_json(world, guild, self.double.bot.id)
+            self._send(session, "GUILD_CREATE", body, guild.id)
+        conn.send(lambda: self._mark_ready(conn, session))
 
     def _resume(self, conn: Connection, data: dict[str, Any]) -> None:
         session = self.sessions.get(str(data.get("session_id")))
@@ -207,22 +239,32 @@ class GatewayHub:
         for number, frame in session.buffer:
             if number > seq:
                 conn.send(frame)
-        conn.send(session.frame("RESUMED", {}))
-        conn.send(self.ready.set)
+        self._send(session, "RESUMED", {}, None)
+        conn.send(lambda: self._mark_ready(conn, session))
 
     def _attach(self, conn: Connection, session: Session) -> None:
         previous = session.connection
         if previous is not None and previous is not conn:
             previous.abort()
         session.connection = conn
+        session.ready = False
         conn.session = session
 
-    def _ready_payload(self, session: Session, identify: dict[str, Any]) -> dict[str, Any]:
+    def _mark_ready(self, conn: Connection, session: Session) -> None:
+        """Run by the writer once READY/GUILD_CREATE or RESUMED were sent on ``conn``."""
+        if session.connection is conn:
+            session.ready = True
+            self.ready.set()
+            self._changed.set()
+
+    def _ready_payload(
+        self, session: Session, identify: dict[str, Any], guilds: list[Guild]
+    ) -> dict[str, Any]:
         double = self.double
         data: dict[str, Any] = {
             "v": 10,
             "user": user_json(double.bot) | {"verified": True, "mfa_enabled": False},
-            "guilds": [{"id": str(g), "unavailable": True} for g in double.world.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": double.resume_gateway_url,
@@ -235,29 +277,53 @@ class GatewayHub:
             "user_settings": {},
             "auth": {},
         }
-        if "shard" in identify:
+        if identify.get("shard") is not None:
             data["shard"] = identify["shard"]
         return data
+
+    # -- readiness ---------------------------------------------------------------------
+
+    def ready_shards(self) -> set[ShardKey]:
+        """``(shard_id, shard_count)`` of every connected session that is READY (or RESUMED)."""
+        return {s.shard for s in self.sessions.values() if s.ready and s.connection is not None}
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Until ``predicate()`` holds; re-checked whenever a session becomes ready."""
+        while not predicate():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _unready(self) -> None:
+        self.ready.clear()
+        for session in self.sessions.values():
+            session.ready = False
 
     # -- dispatching -------------------------------------------------------------------
 
     def dispatch(self, event: str, data: dict[str, Any], channel: Channel | None = None) -> None:
-        """Send an event to every live session (buffered if its client is disconnected)."""
+        """Send an event to every session of the shard owning its guild (shard 0 if none);
+        a session whose client is disconnected buffers it for a RESUME."""
         world = self.double.world
         known = channel is not None and channel.id in world.channels
         if known and channel is not None and not world.can_view(self.double.bot.id, channel):
             return  # Discord only sends what the bot can see
         needed = EVENT_INTENTS.get(event, 0)
-        for session in self.sessions.values():
+        guild_id = event_guild_id(event, data, channel)
+        for session in list(self.sessions.values()):
             if needed and not session.intents & needed:
+                continue
+            if not owns(session.shard, guild_id):
                 continue
             body = data
             if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
                 body = self._redact(session, data)
-            frame = session.frame(event, body)
-            self.dispatched.append((event, session.seq))
-            if session.connection is not None:
-                session.connection.send(frame)
+            self._send(session, event, body, guild_id)
+
+    def _send(self, session: Session, event: str, data: dict[str, Any], guild: int | None) -> None:
+        frame = session.frame(event, data)
+        self.dispatched.append(Dispatch(event, session.seq, session.shard, guild, session.id))
+        if session.connection is not None:
+            session.connection.send(frame)
 
     def _redact(self, session: Session, message: dict[str, Any]) -> dict[str, Any]:
         """Without MESSAGE_CONTENT, others' messages arrive with empty content, like Discord."""
@@ -278,7 +344,7 @@ class GatewayHub:
         With ``resume=False`` the sessions are forgotten first, so discord.py's RESUME gets
         INVALID_SESSION and it identifies again (events in between are lost, as on Discord).
         """
-        self.ready.clear()
+        self._unready()
         if not resume:
             self.sessions.clear()
         for conn in list(self.connections):
@@ -289,7 +355,7 @@ class GatewayHub:
 
     def invalidate_session(self, *, resumable: bool = False) -> None:
         """Send op 9. ``False`` forgets the session (re-IDENTIFY); ``True`` invites a RESUME."""
-        self.ready.clear()
+        self._unready()
         for conn in list(self.connections):
             if not resumable and conn.session is not None:
                 self.sessions.pop(conn.session.id, None)
@@ -297,13 +363,13 @@ class GatewayHub:
 
     def request_reconnect(self) -> None:
         """Send op 7 RECONNECT: discord.py closes and resumes."""
-        self.ready.clear()
+        self._unready()
         for conn in list(self.connections):
             conn.op(OP_RECONNECT, None)
 
     async def close(self) -> None:
         """Server shutdown: cut connections at once (a still-running client will retry)."""
-        self.ready.clear()
+        self._unready()
         for conn in list(self.connections):
             conn.abort()
             await conn.stop()

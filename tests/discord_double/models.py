@@ -29,6 +29,20 @@ class Snowflakes:
         self._last = value
         return value
 
+    def next_on_shard(self, shard_id: int, shard_count: int) -> int:
+        """The next id whose guild shard ``(id >> 22) % shard_count`` is ``shard_id``.
+
+        Moves the timestamp at most ``shard_count - 1`` ms ahead; later ids stay above it.
+        """
+        if shard_count < 1 or not 0 <= shard_id < shard_count:
+            raise ValueError(f"no shard {shard_id} of {shard_count}")
+        value = self.next()
+        skip = (shard_id - (value >> 22)) % shard_count
+        if skip:
+            value = (((value >> 22) + skip) << 22) | self._low_bits
+            self._last = value
+        return value
+
 
 def snowflake_time(snowflake: int) -> datetime:
     return datetime.fromtimestamp(((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000, UTC)

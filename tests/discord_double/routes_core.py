@@ -54,7 +54,7 @@ def register(router: Router, double: DiscordDouble) -> None:
             200,
             {
                 "url": double.gateway_url,
-                "shards": 1,
+                "shards": double.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 999,

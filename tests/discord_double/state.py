@@ -65,8 +65,15 @@ class World:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str, *, everyone_permissions: int, bot_permissions: int) -> Guild:
-        guild_id = self.ids.next()
+    def add_guild(
+        self,
+        name: str,
+        *,
+        everyone_permissions: int,
+        bot_permissions: int,
+        shard: tuple[int, int] | None = None,
+    ) -> Guild:
+        guild_id = self.ids.next_on_shard(*shard) if shard is not None else self.ids.next()
         owner = self.add_user(f"{name.lower()}-owner")
         guild = Guild(id=guild_id, name=name, owner_id=owner.id)
         guild.roles[guild_id] = Role(
