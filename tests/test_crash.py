@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_TOKEN
+from tests.conftest import TEST_TOKEN, database_for
 from tests.dbview import DatabaseView
 from tests.discord_double import DiscordDouble
 from tests.feedgen import GenComment, at, blogger_comments, blogger_post, blogger_posts
@@ -34,8 +34,15 @@ NUMBER = re.compile(r"comment number (\d+)\b")
 class World:
     """The double, the feed server and the bot process (restartable)."""
 
-    def __init__(self, tmp_path: Path, double: DiscordDouble, feeds: FeedServer) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        double: DiscordDouble,
+        feeds: FeedServer,
+        database_url: str | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
+        self.database_url = database_url
         self.double = double
         self.feeds = feeds
         self.guild = double.add_guild("Readers")
@@ -43,7 +50,9 @@ class World:
         self.text = double.add_text_channel(self.guild.id, "general")
         self.process: asyncio.subprocess.Process | None = None
         self.log = tmp_path / "bot.log"
-        self.db = DatabaseView(tmp_path / "blogmirror.db")
+        database = tmp_path / "blogmirror.db"
+        self.db = DatabaseView(database) if database_url is None else DatabaseView(url=database_url)
+        self.database_path = database
 
     async def start_bot(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD")}
@@ -52,7 +61,8 @@ class World:
                 "PYTHONPATH": str(ROOT),
                 "DOUBLE_URL": self.double.url,
                 "DISCORD_TOKEN": TEST_TOKEN,
-                "DATABASE_PATH": str(self.db.path),
+                "DATABASE_PATH": str(self.database_path),
+                "DATABASE_URL": self.database_url or "",
                 "ALLOW_PRIVATE_ADDRESSES": "true",
                 "DEV_GUILD_ID": str(self.guild.id),
                 "POLL_INTERVAL_SECONDS": "3600",
@@ -139,8 +149,13 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with DiscordDouble(token=TEST_TOKEN) as double, FeedServer() as feeds:
+async def world(tmp_path: Path, backend: str) -> AsyncIterator[World]:
+    """The bot process on SQLite, and on PostgreSQL (a fresh schema)."""
+    async with (
+        database_for(backend, tmp_path) as url,
+        DiscordDouble(token=TEST_TOKEN) as double,
+        FeedServer() as feeds,
+    ):
         feeds.fixture("/feeds/posts/default", "seed/posts.atom.xml")
         comments = [
             GenComment(
@@ -152,7 +167,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             for n in range(COMMENTS)
         ]
         feeds.route("/feeds/comments/default", blogger_comments(comments))
-        world = World(tmp_path, double, feeds)
+        world = World(tmp_path, double, feeds, url)
         try:
             yield world
         finally:

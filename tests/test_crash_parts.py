@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.render import key_in
-from tests.conftest import TEST_TOKEN
+from tests.conftest import TEST_TOKEN, database_for
 from tests.discord_double import DiscordDouble
 from tests.feedgen import GenComment, at, blogger_comments
 from tests.feedserver import FeedServer
@@ -34,12 +33,16 @@ def text(number: int) -> str:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with DiscordDouble(token=TEST_TOKEN) as double, FeedServer() as feeds:
+async def world(tmp_path: Path, backend: str) -> AsyncIterator[World]:
+    async with (
+        database_for(backend, tmp_path) as url,
+        DiscordDouble(token=TEST_TOKEN) as double,
+        FeedServer() as feeds,
+    ):
         feeds.fixture("/feeds/posts/default", "seed/posts.atom.xml")
         comments = [GenComment(5000 + n, at(5 + n), text(n)) for n in range(COMMENTS)]
         feeds.route("/feeds/comments/default", blogger_comments(comments))
-        world = World(tmp_path, double, feeds)
+        world = World(tmp_path, double, feeds, url)
         try:
             yield world
         finally:
@@ -51,11 +54,10 @@ def thread_contents(world: World) -> list[str]:
     return [m["content"] for m in world.double.messages(int(thread["id"]))[1:]]
 
 
-def nothing_pending(database: Path) -> bool:
+def nothing_pending(world: World) -> bool:
     """The bot's own record: no pending comment, no open intent (read-only)."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        pending = conn.execute("SELECT count(*) FROM comments WHERE state = 'pending'").fetchone()
-        open_ = conn.execute("SELECT count(*) FROM outbox WHERE completed_at IS NULL").fetchone()
+    [pending] = world.db.rows("SELECT count(*) FROM comments WHERE state = 'pending'") or [[1]]
+    [open_] = world.db.rows("SELECT count(*) FROM outbox WHERE completed_at IS NULL") or [[1]]
     return pending[0] == 0 and open_[0] == 0
 
 
@@ -80,9 +82,8 @@ async def test_kill_between_parts_then_restart_completes_each_part_once(
     await world.kill_bot()
     world.double.clear_faults()
     await world.start_bot()
-    database = world.tmp_path / "blogmirror.db"
     async with asyncio.timeout(60):
-        while not nothing_pending(database):
+        while not nothing_pending(world):
             await asyncio.sleep(0.05)
     contents = thread_contents(world)
     keys = Counter(key_in(c) for c in contents)
