@@ -268,7 +268,18 @@ FROM delivery_intents WHERE completed_at IS NULL;
 DROP TABLE delivery_intents;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# Version 3: leases, so that several processes sharing one PostgreSQL database never
+# work on one subscription at once (SPEC §8). SQLite has the table too (one history),
+# though one process per file needs no lease.
+V3 = """
+CREATE TABLE leases (
+    subscription_id  INTEGER PRIMARY KEY REFERENCES subscriptions (id) ON DELETE CASCADE,
+    holder           TEXT    NOT NULL,
+    expires_at       TEXT    NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --- PostgreSQL: the same versions ---------------------------------------------------
@@ -421,7 +432,15 @@ FROM delivery_intents WHERE completed_at IS NULL;
 DROP TABLE delivery_intents;
 """
 
-PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2)
+PG_V3 = """
+CREATE TABLE leases (
+    subscription_id  BIGINT  PRIMARY KEY REFERENCES subscriptions (id) ON DELETE CASCADE,
+    holder           TEXT    NOT NULL,
+    expires_at       TEXT    NOT NULL
+);
+"""
+
+PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2, PG_V3)
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every version exists for both backends"
 
 # Any constant key: processes starting together take turns migrating.

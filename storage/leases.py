@@ -1,0 +1,101 @@
+"""Leases: one process at a time works on a subscription (SPEC §8).
+
+With PostgreSQL several bot processes share the database, each running some of
+the Discord shards; during a rolling restart two of them may run the same shard
+for a while. Before polling or delivering a subscription a process claims its
+lease: a row naming the holder and an expiry. A lease another process holds is
+not taken until it expires; the holder renews it while it works and releases it
+when done, so a process that dies (SIGKILL) blocks the subscription for one
+lease time at most. Claims are made in one statement for a whole batch, so the
+scheduler's idle rounds cost one round trip, not one per subscription.
+
+Expiry compares the processes' own clocks (UTC): the lease time is kept long
+next to any plausible clock skew between them.
+
+With SQLite there is one process per file (``storage/lock.py``): ``SoleHolder``
+grants every claim without a write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from storage.db import Database
+from storage.records import to_db_time
+
+LEASE_TIME = timedelta(seconds=90)
+
+
+class Leases:
+    """Claims, renews and releases subscription leases for one holder."""
+
+    def __init__(self, db: Database, holder: str, *, lease_time: timedelta = LEASE_TIME) -> None:
+        self.db = db
+        self.holder = holder
+        self.lease_time = lease_time
+
+    async def claim(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
+        """Claim (or renew) these leases; returns the ids now held by this holder."""
+        ids = sorted(set(subscription_ids))
+        if not ids:
+            return set()
+        async with self.db.write() as tx:
+            rows = await tx.fetch(
+                """
+                INSERT INTO leases (subscription_id, holder, expires_at)
+                SELECT id, ?, ? FROM subscriptions
+                WHERE id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))
+                ON CONFLICT (subscription_id) DO UPDATE
+                SET holder = excluded.holder, expires_at = excluded.expires_at
+                WHERE leases.holder = excluded.holder OR leases.expires_at < ?
+                RETURNING subscription_id
+                """,
+                (
+                    self.holder,
+                    to_db_time(now + self.lease_time),
+                    json.dumps(ids),
+                    to_db_time(now),
+                ),
+            )
+        return {int(row[0]) for row in rows}
+
+    async def release(self, subscription_ids: Iterable[int]) -> None:
+        """Give these leases up at once (others may take them without waiting)."""
+        ids = sorted(set(subscription_ids))
+        if ids:
+            await self.db.write_one(
+                """
+                DELETE FROM leases
+                WHERE holder = ? AND subscription_id IN (SELECT CAST(value AS INTEGER)
+                                                         FROM json_each(?))
+                """,
+                (self.holder, json.dumps(ids)),
+            )
+
+    async def holders(self, subscription_ids: Iterable[int], now: datetime) -> dict[int, str]:
+        """Who holds unexpired leases on these subscriptions (for status and tests)."""
+        rows = await self.db.fetch(
+            """
+            SELECT subscription_id, holder FROM leases
+            WHERE expires_at >= ?
+              AND subscription_id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))
+            """,
+            (to_db_time(now), json.dumps(sorted(set(subscription_ids)))),
+        )
+        return {int(row[0]): str(row[1]) for row in rows}
+
+
+class SoleHolder(Leases):
+    """SQLite: one process per database, so every claim is granted, nothing written."""
+
+    async def claim(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
+        return set(subscription_ids)
+
+    async def release(self, subscription_ids: Iterable[int]) -> None:
+        return None
+
+
+def leases_for(db: Database, holder: str) -> Leases:
+    return Leases(db, holder) if db.backend == "postgres" else SoleHolder(db, holder)

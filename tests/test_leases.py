@@ -1,0 +1,70 @@
+"""Leases on both backends: one holder at a time per subscription, expiry, release."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from storage import Database, SubscriptionRepo
+from storage.leases import Leases, SoleHolder, leases_for
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+async def subscriptions(db: Database, count: int) -> list[int]:
+    repo = SubscriptionRepo(db)
+    made = []
+    for n in range(count):
+        sub = await repo.add(
+            guild_id=1,
+            channel_id=10 + n,
+            feed_url=f"https://blog{n}.example/feed",
+            blog_url=None,
+            blog_title=f"Blog {n}",
+            dialect="atom",
+            comments_feed_url=None,
+            mirror_comments=True,
+            backfill=1,
+            interval_seconds=300,
+            now=NOW,
+            next_poll_at=NOW,
+        )
+        made.append(sub.id)
+    return made
+
+
+async def test_one_holder_at_a_time_until_expiry_or_release(database: Database) -> None:
+    """A second holder gets nothing while a lease runs, everything once it lapsed."""
+    first, second, third = await subscriptions(database, 3)
+    a = Leases(database, "host-a:1", lease_time=timedelta(seconds=60))
+    b = Leases(database, "host-b:2", lease_time=timedelta(seconds=60))
+    assert await a.claim([first, second], NOW) == {first, second}
+    assert await b.claim([first, second, third], NOW) == {third}
+    assert await a.claim([first], NOW + timedelta(seconds=30)) == {first}  # renewed
+    later = NOW + timedelta(seconds=75)  # second's lease lapsed; first's was renewed
+    assert await b.claim([first, second], later) == {second}
+    # third's lease, never renewed, has lapsed too
+    assert await a.holders([first, second, third], later) == {
+        first: "host-a:1",
+        second: "host-b:2",
+    }
+    await a.release([first, second])  # only its own
+    assert await b.claim([first, second], later) == {first, second}
+
+
+async def test_claims_skip_subscriptions_that_no_longer_exist(database: Database) -> None:
+    """A subscription removed meanwhile is simply not claimed (no foreign-key error)."""
+    [only] = await subscriptions(database, 1)
+    await SubscriptionRepo(database).delete(only)
+    assert await Leases(database, "x").claim([only, 999], NOW) == set()
+
+
+async def test_sqlite_needs_no_lease_rows(database: Database) -> None:
+    """SQLite's single process gets every claim without writing; PostgreSQL's leases are real."""
+    ids = await subscriptions(database, 2)
+    leases = leases_for(database, "me")
+    before = database.transactions
+    assert await leases.claim(ids, NOW) == set(ids)
+    if database.backend == "sqlite":
+        assert isinstance(leases, SoleHolder) and database.transactions == before
+    else:
+        assert await Leases(database, "other").claim(ids, NOW) == set()
