@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import discord
@@ -20,11 +26,17 @@ from bot.resync import Resyncer
 from bot.service import BlogService
 from bot.settings import Settings
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
+from storage.leases import leases_for
 from storage.records import Subscription, SubscriptionState
+from storage.subscriptions import Shards
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.mirror", "cogs.polling", "cogs.commands")
+BUSY_ELSEWHERE = (
+    "Another bot process is working on this blog right now (a restart overlapping); "
+    "try again in a minute."
+)
 
 
 def bot_intents() -> discord.Intents:
@@ -40,8 +52,14 @@ def bot_intents() -> discord.Intents:
     return intents
 
 
-class BlogMirrorBot(commands.Bot):
-    """The bot. Everything long-lived is created in ``main()`` and passed in."""
+class BlogMirrorBot(commands.AutoShardedBot):
+    """The bot. Everything long-lived is created in ``main()`` and passed in.
+
+    Always discord.py's sharded bot: with ``SHARD_COUNT``/``SHARD_IDS`` unset it
+    runs every shard Discord recommends (one for a small bot) in this process;
+    with ``SHARD_IDS`` naming some of them, it polls and delivers only the
+    subscriptions of guilds on those shards (SPEC §8).
+    """
 
     def __init__(
         self,
@@ -52,6 +70,10 @@ class BlogMirrorBot(commands.Bot):
         rest: DiscordRest,
         **options: Any,
     ) -> None:
+        if settings.shard_count is not None:
+            options.setdefault("shard_count", settings.shard_count)
+        if settings.shard_ids is not None:
+            options.setdefault("shard_ids", list(settings.shard_ids))
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=bot_intents(),
@@ -61,6 +83,9 @@ class BlogMirrorBot(commands.Bot):
         )
         self.settings = settings
         self.db = db
+        # Who this process is, in the leases it holds (several may share PostgreSQL).
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.leases = leases_for(db, self.holder)
         self.subscriptions = SubscriptionRepo(db)
         self.articles = ArticleRepo(db)
         self.comments = CommentRepo(db)
@@ -126,14 +151,65 @@ class BlogMirrorBot(commands.Bot):
         self._cycle_locks.pop(subscription_id, None)
         self.ingestor.forget(subscription_id)
 
+    def local_shards(self) -> Shards | None:
+        """The shards this process runs, or None when it runs them all."""
+        count, ids = self.shard_count, self.shard_ids
+        if count is None or ids is None or len(set(ids)) >= count:
+            return None
+        return Shards(count, tuple(sorted(ids)))
+
+    @contextlib.asynccontextmanager
+    async def leased(
+        self, subscription_id: int, *, claimed_at: datetime | None = None
+    ) -> AsyncIterator[bool]:
+        """Hold the subscription's lease while working on it: yields whether it is ours.
+
+        ``claimed_at``: when the caller claimed it (the scheduler claims a batch in
+        one statement); a claim that recent is not repeated. The lease is renewed
+        while the work goes on; if another process took it meanwhile (this one
+        stalled past the lease time), the work is cancelled and its open intents
+        are settled by whoever holds the lease now.
+        """
+        fresh_for = self.leases.lease_time / 3
+        if claimed_at is None or datetime.now(UTC) - claimed_at > fresh_for:
+            got = await self.leases.claim([subscription_id], datetime.now(UTC))
+            if subscription_id not in got:
+                yield False
+                return
+        work = asyncio.current_task()
+        renewer = asyncio.create_task(self._renew(subscription_id, work))
+        try:
+            yield True
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            await self.leases.release([subscription_id])
+
+    async def _renew(self, subscription_id: int, work: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(self.leases.lease_time.total_seconds() / 3)
+            got = await self.leases.claim([subscription_id], datetime.now(UTC))
+            if subscription_id not in got:
+                log.warning(
+                    "Lost the lease of subscription %s: stopping work on it", subscription_id
+                )
+                if work is not None:
+                    work.cancel()
+                return
+
     async def cycle(
-        self, sub: Subscription, *, progress: Progress | None = None, poll: bool = True
+        self,
+        sub: Subscription,
+        *,
+        progress: Progress | None = None,
+        poll: bool = True,
+        claimed_at: datetime | None = None,
     ) -> CycleResult:
         """Poll ``sub`` (unless ``poll`` is false) and deliver what is pending.
 
         Never raises for feed or delivery problems: they are recorded on the
         subscription (``/blog status``) and, on a state change, told to the
-        guild's log channel.
+        guild's log channel. ``claimed_at``: when the caller claimed its lease.
         """
         if self._closing:
             return CycleResult(None, None, "The bot is stopping.")
@@ -141,7 +217,10 @@ class BlogMirrorBot(commands.Bot):
         if task is not None:
             self._active_cycles.add(task)
         try:
-            return await self._cycle(sub, progress, poll)
+            async with self.leased(sub.id, claimed_at=claimed_at) as ours:
+                if not ours:
+                    return CycleResult(None, None, BUSY_ELSEWHERE)
+                return await self._cycle(sub, progress, poll)
         finally:
             if task is not None:
                 self._active_cycles.discard(task)

@@ -179,9 +179,13 @@ class Courier:
             return await self.outbox.complete(intent, effect, now=self.clock(), then_open=then_open)
         except OutboxError as exc:
             log.warning("Outbox: %s; recorded as abandoned", exc)
+        try:
             return await self.outbox.complete(
                 intent, Abandoned(), now=self.clock(), then_open=then_open
             )
+        except OutboxError:
+            # Closed already (settled by a process that took over): only open the next.
+            return await self.open(then_open)
 
     async def settle_article(
         self, sub: Subscription, channel: Channel, record: ArticleRecord

@@ -48,9 +48,14 @@ class PollingCog(commands.Cog):
     async def scheduler(self) -> None:
         try:
             limit = self.bot.settings.poll_concurrency * 4
-            for sub in await self.bot.subscriptions.list_due(datetime.now(UTC), limit):
-                if sub.id not in self.running:
-                    self._start(sub)
+            now = datetime.now(UTC)
+            due = await self.bot.subscriptions.list_due(now, limit, self.bot.local_shards())
+            fresh = [sub for sub in due if sub.id not in self.running]
+            # One round trip claims the whole batch; another process's are left alone.
+            ours = await self.bot.leases.claim([sub.id for sub in fresh], now)
+            for sub in fresh:
+                if sub.id in ours:
+                    self._start(sub, claimed_at=now)
         except Exception:
             log.exception("Polling scheduler tick failed")
         finally:
@@ -74,7 +79,7 @@ class PollingCog(commands.Cog):
     async def _resume_unfinished(self) -> None:
         """After a restart, finish what was pending at once instead of at the next poll."""
         try:
-            waiting = await self.bot.subscriptions.with_unfinished_work()
+            waiting = await self.bot.subscriptions.with_unfinished_work(self.bot.local_shards())
         except Exception:
             log.exception("Could not look for unfinished work")
             return
@@ -83,14 +88,14 @@ class PollingCog(commands.Cog):
                 log.info("Resuming unfinished work of %s", sub.feed_url)
                 self._start(sub)
 
-    def _start(self, sub: Subscription) -> None:
-        task = asyncio.create_task(self._run(sub), name=f"poll-{sub.id}")
+    def _start(self, sub: Subscription, *, claimed_at: datetime | None = None) -> None:
+        task = asyncio.create_task(self._run(sub, claimed_at), name=f"poll-{sub.id}")
         self.running[sub.id] = task
         task.add_done_callback(functools.partial(self._finished, sub.id))
 
-    async def _run(self, sub: Subscription) -> None:
+    async def _run(self, sub: Subscription, claimed_at: datetime | None) -> None:
         async with self.gate:
-            await self.bot.cycle(sub)
+            await self.bot.cycle(sub, claimed_at=claimed_at)
 
     def _finished(self, subscription_id: int, task: asyncio.Task[None]) -> None:
         self.running.pop(subscription_id, None)

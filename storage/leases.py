@@ -98,4 +98,6 @@ class SoleHolder(Leases):
 
 
 def leases_for(db: Database, holder: str) -> Leases:
-    return Leases(db, holder) if db.backend == "postgres" else SoleHolder(db, holder)
+    """Real leases on PostgreSQL, none needed on SQLite (``LEASE_TIME`` read at call time)."""
+    kind = Leases if db.backend == "postgres" else SoleHolder
+    return kind(db, holder, lease_time=LEASE_TIME)

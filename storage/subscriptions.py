@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass
 from datetime import datetime
 
 from storage.db import Database, UniqueViolation
@@ -102,24 +104,27 @@ class SubscriptionRepo:
         )
         return [Subscription.from_row(row) for row in rows]
 
-    async def list_due(self, now: datetime, limit: int) -> list[Subscription]:
+    async def list_due(
+        self, now: datetime, limit: int, shards: Shards | None = None
+    ) -> list[Subscription]:
+        """Active subscriptions due by ``now``, of guilds on ``shards`` (None: all)."""
         rows = await self.db.fetch(
-            """
-            SELECT * FROM subscriptions
-            WHERE state = 'active' AND next_poll_at <= ?
+            f"""
+            SELECT * FROM subscriptions AS s
+            WHERE state = 'active' AND next_poll_at <= ? AND {_ON_SHARDS}
             ORDER BY next_poll_at
             LIMIT ?
             """,
-            (to_db_time(now), limit),
+            (to_db_time(now), *_shard_parameters(shards), limit),
         )
         return [Subscription.from_row(row) for row in rows]
 
-    async def with_unfinished_work(self) -> list[Subscription]:
+    async def with_unfinished_work(self, shards: Shards | None = None) -> list[Subscription]:
         """Active subscriptions with pending articles or comments, or open send intents."""
         rows = await self.db.fetch(
-            """
+            f"""
             SELECT * FROM subscriptions AS s
-            WHERE s.state = 'active' AND (
+            WHERE s.state = 'active' AND {_ON_SHARDS} AND (
                 EXISTS (SELECT 1 FROM articles
                         WHERE subscription_id = s.id AND (state = 'pending' OR needs_edit = 1))
                 OR EXISTS (SELECT 1 FROM comments
@@ -128,7 +133,8 @@ class SubscriptionRepo:
                            WHERE subscription_id = s.id AND completed_at IS NULL)
             )
             ORDER BY s.id
-            """
+            """,
+            _shard_parameters(shards),
         )
         return [Subscription.from_row(row) for row in rows]
 
@@ -348,6 +354,29 @@ class SubscriptionRepo:
                 """,
                 (guild_id, channel_id),
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Shards:
+    """The Discord shards a process runs: a guild is on ``(guild_id >> 22) % count``."""
+
+    count: int
+    ids: tuple[int, ...]
+
+    def owns(self, guild_id: int) -> bool:
+        return (guild_id >> 22) % self.count in self.ids
+
+
+# Guilds on the given shards; with no shards given (one process runs them all) the
+# test is ``? = 0`` on a 0, which every row passes.
+_ON_SHARDS = """(? = 0 OR (s.guild_id >> 22) % ? IN (SELECT CAST(value AS INTEGER)
+                                                  FROM json_each(?)))"""
+
+
+def _shard_parameters(shards: Shards | None) -> tuple[int, int, str]:
+    if shards is None:
+        return (0, 1, "[]")
+    return (1, shards.count, json.dumps(list(shards.ids)))
 
 
 def _url_variants(url: str) -> tuple[str, ...]:

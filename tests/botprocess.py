@@ -8,13 +8,20 @@ with SIGKILL at any instant and start it again on the same database.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import discord
 import yarl
 
+import storage.leases
 from bot.__main__ import main
 
 if __name__ == "__main__":
+    if "BLOGMIRROR_TEST_LEASE_SECONDS" in os.environ:
+        # Tests that kill a process wait one lease time for its subscriptions: keep it short.
+        storage.leases.LEASE_TIME = timedelta(
+            seconds=float(os.environ["BLOGMIRROR_TEST_LEASE_SECONDS"])
+        )
     base = os.environ["DOUBLE_URL"]
     discord.http.Route.BASE = f"{base}/api/v10"
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(base.replace("http", "ws") + "/ws")

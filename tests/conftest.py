@@ -128,10 +128,11 @@ class Harness:
         discord.py updates its cache (channels, threads, permissions) as each event
         arrives; listeners (cogs) run after, so wait on what they record instead.
         """
-        session = self.double.gateway.sessions[self.bot.ws.session_id]
-        sent = session.seq
+        sockets = [self.bot._get_websocket(shard_id=shard) for shard in self.bot.shards]
+        sent = {ws: self.double.gateway.sessions[ws.session_id].seq for ws in sockets}
         await self.wait_for(
-            lambda: (self.bot.ws.sequence or 0) >= sent, what=f"gateway event #{sent}"
+            lambda: all((ws.sequence or 0) >= seq for ws, seq in sent.items()),
+            what=f"gateway events {sorted(sent.values())}",
         )
 
     def thread_messages(self, parent_id: int) -> list[list[dict[str, Any]]]:

@@ -9,6 +9,7 @@ PostgreSQL tests are skipped with the reason shown; with ``CI=true`` (as
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import secrets
@@ -35,7 +36,9 @@ def unavailable() -> str | None:
         await conn.close()
 
     try:
-        asyncio.run(probe())
+        # In a thread of its own: callers may be inside a running event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, probe()).result()
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"PostgreSQL at {server_url()} is not reachable ({exc.__class__.__name__}: {exc})"
     return None

@@ -67,6 +67,9 @@ class World:
                 "DEV_GUILD_ID": str(self.guild.id),
                 "POLL_INTERVAL_SECONDS": "3600",
                 "LOG_LEVEL": "INFO",
+                # On PostgreSQL a killed process's leases block its subscriptions for
+                # one lease time: keep it short here.
+                "BLOGMIRROR_TEST_LEASE_SECONDS": "2",
             }
         )
         self.double.gateway.ready.clear()

@@ -234,7 +234,7 @@ async def test_the_janitor_prunes_completed_intents_older_than_a_day(harness: Ha
     """The polling cog's hourly janitor forgets completed intents after a day, keeps the rest."""
     url = serve(harness, [GenComment(1, at(1), "one comment")])
     await harness.subscribe(url, harness.forum_id)
-    await harness.wait_for_thread_messages(harness.forum_id, 2)
+    await harness.wait_idle()
     sub = await subscription(harness)
     outbox = harness.bot.outbox
     [thread] = harness.double.threads(harness.forum_id)
