@@ -74,8 +74,9 @@ _ESCAPED_LABEL = "permalink (escaped)"
 _ESCAPED_SAFE = "/:?#=&;,+!$'~-._"
 _KEY_LINE = re.compile(r"-# ref (?P<key>[a-z2-7]{10})(?: · part (?P<part>[1-9][0-9]?))?")
 KEY_LINE_CHARS = len("\n-# ref 0123456789 · part 10")
+# The local time was added to the header later: messages without it are read too.
 _HEADER = re.compile(
-    r"\*\*(?:\\.|[^\\*\n])+\*\* · <t:-?\d+:f> · "
+    r"\*\*(?:\\.|[^\\*\n])+\*\* · (?:\d\d:\d\d · )?<t:-?\d+:f> · "
     r"\[(?P<label>permalink(?: \(escaped\))?)\]\(<(?P<url>[^<>\n]*)>\)"
 )
 
@@ -372,9 +373,16 @@ def _open_fence(window: str, cut: int) -> _Fence | None:
 
 
 def _comment_header(comment: Comment) -> str:
-    """``**Name** · <t:…:f> · [permalink](<url>)``: the line that identifies a comment."""
+    """``**Name** · 18:08 · <t:…:f> · [permalink](<url>)``: the line that identifies a comment.
+
+    ``18:08`` is the time as the blog shows it, in the feed's own UTC offset:
+    commenters answer each other by it ("Thank you 18:08"), and the Discord
+    timestamp beside it shows each reader's own zone. The time alone is enough
+    (the timestamp carries the date) and keeps the line short.
+    """
     name = escape_text(_shorten(one_line(comment.author), NAME_CHARS)) or "Anonymous"
-    header = f"**{name}** · {discord_timestamp(comment.published)}"
+    local = comment.published if comment.published.tzinfo else _as_utc(comment.published)
+    header = f"**{name}** · {local:%H:%M} · {discord_timestamp(comment.published)}"
     link = _permalink_link(comment.permalink)
     return f"{header} · {link}" if link else header
 

@@ -263,7 +263,15 @@ FROM delivery_intents WHERE completed_at IS NULL;
 DROP TABLE delivery_intents;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# Version 3: a comment's publication time keeps the feed's own UTC offset, so its
+# message shows the time as the blog shows it ("Thank you 18:08"). ``published``
+# stays UTC text (it sorts as text); the offset is beside it, in seconds east of
+# UTC. Comments stored before have none and are shown in UTC.
+V3 = """
+ALTER TABLE comments ADD COLUMN published_offset INTEGER;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

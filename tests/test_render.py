@@ -39,7 +39,9 @@ BST = timezone(timedelta(hours=1))
 POST_URL = "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
 PERMALINK = f"{POST_URL}?showComment=1554281460000#c123"
 WHEN = datetime(2019, 4, 3, 9, 51, tzinfo=BST)  # 1554281460
-HEADER = f"**Anonymous** · <t:1554281460:f> · [permalink](<{PERMALINK}>)"
+HEADER = f"**Anonymous** · 09:51 · <t:1554281460:f> · [permalink](<{PERMALINK}>)"
+# What comment messages said before they showed the blog's own time: still read back.
+OLD_HEADER = f"**Anonymous** · <t:1554281460:f> · [permalink](<{PERMALINK}>)"
 
 LIVE_MENTION = re.compile(r"@everyone|@here|<@!?\d+>|<@&\d+>|<#\d+>|</[\w -]+:\d+>")
 MENTIONS = ["@everyone", "@here", "<@123>", "<@!123>", "<@&123>", "<#123>", "</cmd:123>"]
@@ -463,6 +465,33 @@ def test_comment_header_and_body() -> None:
     assert parts == [f"{HEADER}\nIs that right?\n\nOdd 'then'."]
 
 
+@pytest.mark.parametrize(
+    ("published", "shown"),
+    [
+        (datetime(2019, 4, 3, 18, 8, tzinfo=BST), "18:08"),
+        (datetime(2019, 4, 3, 12, 8, tzinfo=timezone(-timedelta(hours=5))), "12:08"),
+        (datetime(2019, 4, 3, 17, 8, tzinfo=UTC), "17:08"),
+        (datetime(2019, 4, 3, 22, 38, tzinfo=timezone(timedelta(hours=5, minutes=30))), "22:38"),
+    ],
+)
+def test_comment_header_shows_the_blogs_own_time(published: datetime, shown: str) -> None:
+    """The header shows the time as the blog does (its own offset), then a Discord timestamp.
+
+    The seed blog's commenters answer each other by it ("Thank you 18:08"), while a
+    Discord timestamp shows each reader's own zone; every case here is 17:08 UTC.
+    """
+    first = render_comment(comment(published=published))[0]
+    assert first.startswith(f"**Anonymous** · {shown} · <t:1554311280:f> · [permalink](<")
+    assert permalink_in(first) == PERMALINK
+
+
+def test_permalink_in_reads_headers_with_and_without_local_time() -> None:
+    """Headers with the blog's time are read, and so are those already in Discord without it."""
+    assert permalink_in(f"{HEADER}\nHello") == PERMALINK
+    assert permalink_in(f"{OLD_HEADER}\nHello") == PERMALINK
+    assert permalink_in(OLD_HEADER.replace("**Anonymous**", "**A \\*b\\***")) == PERMALINK
+
+
 def test_comment_author_name_escaped() -> None:
     """A commenter's name cannot bring formatting or a mention into the header."""
     header = render_comment(comment(author="**Admin** @everyone\nline"))[0].split("\n")[0]
@@ -554,6 +583,8 @@ def test_percent_escapes_in_a_permalink_are_kept_as_written() -> None:
         f"**Anonymous** · <t:1554281460:f> · {PERMALINK}",
         f"**Anonymous** · <t:1554281460:R> · [permalink](<{PERMALINK}>)",
         f"**Any*one** · <t:1554281460:f> · [permalink](<{PERMALINK}>)",
+        f"**Anonymous** · 9:51 · <t:1554281460:f> · [permalink](<{PERMALINK}>)",
+        f"**Anonymous** · 09:51 · 09:51 · <t:1554281460:f> · [permalink](<{PERMALINK}>)",
     ],
 )
 def test_permalink_in_ignores_other_text(content: str) -> None:
