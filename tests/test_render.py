@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from html import escape
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.markdown import ZWSP, clean_text, safe_url
@@ -678,6 +678,93 @@ def test_comment_links_to_refused_hosts_are_shown_plainly() -> None:
     assert message.split("\n", 1)[1] == "the post and \\[image: cat\\]"
 
 
+# --- emphasis -----------------------------------------------------------------------
+
+# What Discord never reads as emphasis: escapes, inline code, link targets, <…> links.
+_NOT_EMPHASIS = re.compile(r"\\.|`[^`\n]*`|\]\([^()\s]*\)|<[^<>\n]*>")
+_FENCE = re.compile(r"^[ \t>]*(?:(?:-|\d+\.)[ \t]+)*```")
+
+
+def emphasis_balanced(markdown: str) -> bool:
+    """Whether every line opens as many ``**``, ``*``, ``__`` and ``~~`` as it closes.
+
+    Per line, because Discord does not carry emphasis across a line break reliably;
+    a run of three asterisks is ``**`` and ``*`` together. Code blocks are skipped.
+    """
+    in_code = False
+    for line in markdown.split("\n"):
+        if _FENCE.match(line):
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        bare = _NOT_EMPHASIS.sub("x", line)
+        stars = [len(run) for run in re.findall(r"\*+", bare)]
+        if sum(n // 2 for n in stars) % 2 or sum(n % 2 for n in stars) % 2:
+            return False
+        for mark in "_~":
+            if sum(len(run) // 2 for run in re.findall(f"{mark}+", bare)) % 2:
+                return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("html", "markdown"),
+    [
+        ("<b><b>Title</b><br/>text</b>", "**Title**\n**text**"),
+        ("<strong><b>x</b> y</strong>", "**x y**"),
+        ("<b>a <strong>b <b>c</b></strong> d</b>", "**a b c d**"),
+        ("<em><i>x</i> y</em>", "*x y*"),
+        ("<i>a <em>b</em></i> c", "*a b* c"),
+        ("<u><ins>x</ins> y</u>", "__x y__"),
+        ("<s><del>x</del> <strike>y</strike></s>", "~~x y~~"),
+        ("<b>a<i>b<br/>c</i>d</b>", "**a*b***\n***c*d**"),
+        ("<i>one<br />two<br /><br />three</i>", "*one*\n*two*\n\n*three*"),
+        ("<b><p>one</p><p>two</p></b>", "**one**\n\n**two**"),
+        ("<b><ul><li>a</li><li>b</li></ul></b>", "- **a**\n- **b**"),
+        ("<b><blockquote>q<br>r</blockquote></b>", "> **q**\n> **r**"),
+        ("<b><pre>code\nmore</pre>after</b>", "```\ncode\nmore\n```\n\n**after**"),
+        ("<h2><b>Bold</b> heading</h2>", "**Bold heading**"),
+        ("<b><h2>Heading</h2>text</b>", "**Heading**\n\n**text**"),
+        ("<b>x</b><b>y</b>", f"**x**{ZWSP}**y**"),
+        ("<b>x</b><i>y</i>", f"**x**{ZWSP}*y*"),
+        ("a<b></b>b<i> </i>c<u><b> </b></u>d", "ab c d"),
+        ("<b>run <code>a<br>b</code></b>", "**run `a b`**"),
+        ("<b><ul><li><pre>x</pre></li></ul></b>", "- ```\n  x\n  ```"),
+        ("<h3><i>a<pre>b\nc</pre></i></h3>", "***a `b c`***"),
+    ],
+)
+def test_nested_emphasis_is_balanced(html: str, markdown: str) -> None:
+    """Nested same emphasis is marked once; each line is closed and reopened; empty ones go."""
+    assert html_to_markdown(html) == markdown
+    assert emphasis_balanced(markdown)
+
+
+def test_split_closes_and_reopens_emphasis_cut_inside_a_line() -> None:
+    """A bold line longer than a part is closed at the cut and reopened in the next part."""
+    markdown = html_to_markdown(
+        "<p><b>" + "bold words here " * 30 + "</b> and <i>" + "it " * 40 + "</i></p>"
+    )
+    assert "\n" not in markdown
+    parts = split_message(markdown, limit=100)
+    assert len(parts) > 5
+    assert all(len(part) <= 100 for part in parts)
+    assert all(emphasis_balanced(part) for part in parts), parts
+    assert parts[1].startswith("**") and parts[1].endswith("**")
+    shown = " ".join(parts).replace("*", "").split()
+    assert shown == markdown.replace("*", "").split()
+
+
+def test_long_bold_comment_parts_are_each_balanced() -> None:
+    """A comment that is one long bold, struck, underlined line splits into balanced parts."""
+    html = "<b><u><s>" + "shouting at length " * 400 + "</s></u></b>"
+    parts = render_comment(comment(html=html))
+    assert len(parts) > 2
+    assert all(len(part) <= 2000 for part in parts)
+    assert all(emphasis_balanced(part) for part in parts)
+    assert parts[1].startswith("**__~~") and parts[1].endswith("~~__**")
+
+
 # --- splitting ----------------------------------------------------------------------
 
 
@@ -757,13 +844,22 @@ HTMLISH = st.lists(HTML_TOKENS | st.text(max_size=8), max_size=60).map("".join)
 @props
 @given(text=WORDY, limit=st.integers(min_value=64, max_value=400))
 def test_split_property_parts_fit_and_no_word_is_lost(text: str, limit: int) -> None:
-    """For any text, parts fit, none is empty, and the words come out in order."""
+    """For any text, parts fit, none is empty, and the words come out in order.
+
+    Emphasis cut inside a line is closed and reopened, so markers may be added.
+    """
     parts = split_message(text, limit)
     assert all(0 < len(part) <= limit for part in parts)
     assert all(part == part.strip() for part in parts)
-    if all(len(word) <= limit for word in text.split()):
-        assert " ".join(parts).split() == text.split()
-    assert "".join("".join(parts).split()) == "".join(text.split())
+    fits = all(len(word) <= limit for word in text.split())
+    joined, text = unmarked(" ".join(parts)), unmarked(text)
+    if fits:
+        assert joined.split() == text.split()
+    assert "".join(joined.split()) == "".join(text.split())
+
+
+def unmarked(text: str) -> str:
+    return re.sub(r"[*_~]", "", text)
 
 
 @props
@@ -818,6 +914,31 @@ def test_permalink_property_round_trips(permalink: str) -> None:
     first = render_comment(comment(permalink=permalink))[0]
     assert permalink_in(first) == permalink
     assert not LIVE_MENTION.search(first)
+
+
+EMPHASIS_TOKENS = st.sampled_from(
+    [
+        "<b>", "</b>", "<strong>", "</strong>", "<i>", "</i>", "<em>", "</em>", "<u>", "</u>",
+        "<s>", "</s>", "<del>", "</del>", "<br />", "<p>", "</p>", "<div>", "</div>", "<h3>",
+        "</h3>", "<ul><li>", "</li></ul>", "<blockquote>", "</blockquote>", "<pre>", "</pre>",
+        "<code>", "</code>", "<a href='http://x.example/a__b'>", "</a>", " ", "word", "*", "_",
+        "~", "\n",
+    ]
+)  # fmt: skip
+
+
+@props
+@given(
+    html=st.lists(EMPHASIS_TOKENS, max_size=80).map("".join),
+    limit=st.integers(min_value=64, max_value=300),
+)
+@example(html="<b><b>word</b><br />" + "word " * 30 + "</b>", limit=64)
+@example(html="<b><pre>word", limit=64)
+def test_emphasis_property_every_part_balanced(html: str, limit: int) -> None:
+    """However emphasis is nested, every line of every part opens what it closes."""
+    markdown = html_to_markdown(html)
+    assert emphasis_balanced(markdown), markdown
+    assert all(emphasis_balanced(part) for part in split_message(markdown, limit))
 
 
 @props
