@@ -115,6 +115,13 @@ _UNDERLINE_TAGS = frozenset({"u", "ins"})
 _STRIKE_TAGS = frozenset({"s", "del", "strike"})
 _EMPHASIS_TAGS = frozenset({"b", "strong"}) | _ITALIC_TAGS | _UNDERLINE_TAGS | _STRIKE_TAGS
 _BOLD_TAGS = frozenset({"b", "strong", "h1", "h2", "h3", "h4", "h5", "h6"})
+# Tags after which the next text starts on a new line.
+_LINE_BREAKING_TAGS = frozenset(
+    {
+        "br", "hr", "p", "div", "blockquote", "pre", "ul", "ol", "li", "table", "tr",
+        "h1", "h2", "h3", "h4", "h5", "h6",
+    }
+)  # fmt: skip
 _LINE_LEAD = re.compile(r"(?:[ \t]*(?:>|-|\d{1,9}\.)[ \t]+)*[ \t]*")
 
 
@@ -272,7 +279,9 @@ class _DiscordConverter(MarkdownConverter):
         if _LOOKS_LIKE_URL.match(one_line(el.get_text())):
             # Text that is (or looks like) a URL shows the real destination: Discord
             # refuses to render such masked links, and they are a phishing trick.
-            return f"{prefix}{url}{suffix}"
+            # Text right after it would become part of the link: <> ends it there.
+            glued = not suffix and _followed_by_text(el)
+            return f"{prefix}<{url}>" if glued else f"{prefix}{url}{suffix}"
         return f"{prefix}[{_WHITESPACE.sub(' ', inner)}]({url}){suffix}"
 
     def convert_img(self, el: Tag, text: str, parent_tags: set[str]) -> str:
@@ -431,6 +440,15 @@ def _attr(el: Tag, name: str) -> str | None:
     if isinstance(value, list):
         return " ".join(value)
     return value
+
+
+def _followed_by_text(el: Tag) -> bool:
+    """Whether something shown on the same line follows ``el`` with no space between."""
+    following = el.next_sibling
+    if isinstance(following, Tag):
+        return following.name not in _LINE_BREAKING_TAGS
+    start = str(following)[:1] if following is not None else ""
+    return start != "" and not start.isspace()
 
 
 def _mark_lines(text: str, marker: str) -> str:

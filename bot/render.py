@@ -62,6 +62,8 @@ EMPTY_NOTE = "*(empty comment)*"
 TRUNCATED_NOTE = "*… This comment is too long to show in full here; read it on the blog.*"
 
 _TIMESTAMP_STYLES = frozenset("tTdDfFR")
+# A cut text ending in a bare URL: Discord would make an "…" right after it part of the link.
+_ENDS_WITH_URL = re.compile(r"(?i)https?://\S*$")
 _CUT_PUNCTUATION = " ,;:-–—"
 
 # A permalink is shown as written when Discord will show it as written; anything
@@ -467,7 +469,7 @@ def _excerpt(html: str, *, base_url: str | None, room: int) -> str:
         return first
     if first.endswith("```"):
         return first + "\n…"
-    return first + (" …" if first[-1] in ".!?" else "…")
+    return first + (" …" if first[-1] in ".!?" or _ENDS_WITH_URL.search(first) else "…")
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -476,7 +478,10 @@ def _shorten(text: str, limit: int) -> str:
         return text
     space = text.rfind(" ", 0, limit)
     cut = text[:space] if space >= limit * 0.6 else text[: limit - 1]
-    return (cut.rstrip(_CUT_PUNCTUATION) or cut) + "…"
+    cut = cut.rstrip(_CUT_PUNCTUATION) or cut
+    if _ENDS_WITH_URL.search(cut):
+        return cut[: limit - 2] + " …"  # not glued to the link Discord makes of it
+    return cut + "…"
 
 
 def _untitled(published: datetime) -> str:

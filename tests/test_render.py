@@ -627,6 +627,35 @@ def test_article_excerpt_cut_with_ellipsis() -> None:
     assert len(content) <= 2000
 
 
+def test_article_excerpt_cut_after_a_url_leaves_the_url_alone() -> None:
+    """An excerpt cut right after a bare URL puts a space before "…": Discord would link it."""
+    html = "<p>" + "word " * 134 + "https://example.com/abc wordy more words here and there</p>"
+    excerpt = render_article(article(html=html), blog_title="").content.split("\n")[2]
+    assert excerpt.endswith(" https://example.com/abc …")
+
+
+def test_name_cut_inside_a_url_leaves_the_url_alone() -> None:
+    """A long name ending in a URL is cut with a space before "…", outside the link."""
+    header = render_comment(comment(author="Visit https://spam.example/" + "a" * 100))[0]
+    assert re.match(r"\*\*Visit https://spam\.example/a+ …\*\* · 09:51 · ", header), header
+
+
+@pytest.mark.parametrize(
+    ("html", "markdown"),
+    [
+        (f"<a href='{POST_URL}'>{POST_URL}</a>text", f"<{POST_URL}>text"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a><b>bold</b>", f"<{POST_URL}>**bold**"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a>, then", f"<{POST_URL}>, then"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a> text", f"{POST_URL} text"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a><br />next", f"{POST_URL}\nnext"),
+        (f"<p><a href='{POST_URL}'>{POST_URL}</a></p><p>next</p>", f"{POST_URL}\n\nnext"),
+    ],
+)
+def test_text_right_after_a_linked_url_is_not_glued_to_it(html: str, markdown: str) -> None:
+    """A link shown as its URL, with text right after it, is closed off with <>."""
+    assert html_to_markdown(html) == markdown
+
+
 def test_untitled_article_and_blog_title_as_author() -> None:
     """An untitled article gets the dated placeholder; the blog names a nameless author."""
     published = datetime(2019, 4, 3, 0, 30, tzinfo=BST)
