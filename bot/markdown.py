@@ -74,6 +74,7 @@ _SPACES = re.compile(r"[ \t]+")
 _TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _WHITESPACE = re.compile(r"\s+")
+_LINE_BREAK = re.compile(r"\s*\n\s*")
 _BACKTICK_PAIR = re.compile(r"`(?=`)")
 _LOOKS_LIKE_URL = re.compile(r"(?i)^(?:https?://|www\.)\S+$")
 _TAG = re.compile(r"<[^>]*>")
@@ -104,6 +105,24 @@ _DROPPED_TAGS = frozenset(
     }
 )  # fmt: skip
 _CELL_END = "\x1f"  # marks the end of a table cell; control characters are gone from the text
+
+# Inline emphasis by family. A tag inside another of its family adds no markers (the
+# outer one marks its text already), so nesting can never unbalance them; headings
+# are bold. Discord does not carry emphasis across a line break reliably, so each
+# line is marked on its own, after its quote or list lead.
+_ITALIC_TAGS = frozenset({"i", "em"})
+_UNDERLINE_TAGS = frozenset({"u", "ins"})
+_STRIKE_TAGS = frozenset({"s", "del", "strike"})
+_EMPHASIS_TAGS = frozenset({"b", "strong"}) | _ITALIC_TAGS | _UNDERLINE_TAGS | _STRIKE_TAGS
+_BOLD_TAGS = frozenset({"b", "strong", "h1", "h2", "h3", "h4", "h5", "h6"})
+# Tags after which the next text starts on a new line.
+_LINE_BREAKING_TAGS = frozenset(
+    {
+        "br", "hr", "p", "div", "blockquote", "pre", "ul", "ol", "li", "table", "tr",
+        "h1", "h2", "h3", "h4", "h5", "h6",
+    }
+)  # fmt: skip
+_LINE_LEAD = re.compile(r"(?:[ \t]*(?:>|-|\d{1,9}\.)[ \t]+)*[ \t]*")
 
 
 def clean_text(text: str) -> str:
@@ -260,7 +279,9 @@ class _DiscordConverter(MarkdownConverter):
         if _LOOKS_LIKE_URL.match(one_line(el.get_text())):
             # Text that is (or looks like) a URL shows the real destination: Discord
             # refuses to render such masked links, and they are a phishing trick.
-            return f"{prefix}{url}{suffix}"
+            # Text right after it would become part of the link: <> ends it there.
+            glued = not suffix and _followed_by_text(el)
+            return f"{prefix}<{url}>" if glued else f"{prefix}{url}{suffix}"
         return f"{prefix}[{_WHITESPACE.sub(' ', inner)}]({url}){suffix}"
 
     def convert_img(self, el: Tag, text: str, parent_tags: set[str]) -> str:
@@ -288,13 +309,39 @@ class _DiscordConverter(MarkdownConverter):
         return self._convert_media(el, text, "audio")
 
     def convert_hN(self, n: int, el: Tag, text: str, parent_tags: set[str]) -> str:
-        # Discord's "#" headings are huge and a commenter's <h1> is not an announcement.
+        # Discord's "#" headings are huge and a commenter's <h1> is not an announcement:
+        # a heading is a bold line (bold already when inside bold).
         text = _WHITESPACE.sub(" ", text).strip()
-        if "_inline" in parent_tags or not text:
+        if not text or "_noformat" in parent_tags:
             return text
-        if not (text.startswith("**") and text.endswith("**")):
+        if not _BOLD_TAGS & parent_tags:
             text = f"**{text}**"
-        return f"\n\n{text}\n\n"
+        return text if "_inline" in parent_tags else f"\n\n{text}\n\n"
+
+    def _emphasis(
+        self, el: Tag, text: str, parent_tags: set[str], marker: str, family: frozenset[str]
+    ) -> str:
+        if "_noformat" in parent_tags or family & parent_tags:
+            return text
+        inner = text.strip()
+        if not inner:
+            return text  # no empty markers; the space or line break stays
+        marked = _mark_lines(inner, marker)
+        following = el.next_sibling
+        if isinstance(following, Tag) and following.name in _EMPHASIS_TAGS:
+            # "**a****b**" is not two bold words to Discord; a zero-width space parts them.
+            marked += ZWSP
+        return text[: len(text) - len(text.lstrip())] + marked + text[len(text.rstrip()) :]
+
+    def convert_b(self, el: Tag, text: str, parent_tags: set[str]) -> str:
+        return self._emphasis(el, text, parent_tags, "**", _BOLD_TAGS)
+
+    convert_strong = convert_b
+
+    def convert_i(self, el: Tag, text: str, parent_tags: set[str]) -> str:
+        return self._emphasis(el, text, parent_tags, "*", _ITALIC_TAGS)
+
+    convert_em = convert_i
 
     def convert_div(self, el: Tag, text: str, parent_tags: set[str]) -> str:
         # A div is a line, not a paragraph: Blogger posts wrap every line in one, and
@@ -317,6 +364,8 @@ class _DiscordConverter(MarkdownConverter):
         prefix, suffix, inner = _chomp(text)
         if not inner:
             return ""
+        # Inline code is one line: a span broken over lines could not be bold per line.
+        inner = _LINE_BREAK.sub(" ", inner)
         if "`" in inner:  # no delimiter Discord reliably honours; show it as text
             return prefix + _escape_markdown(inner) + suffix
         return f"{prefix}`{inner}`{suffix}"
@@ -325,6 +374,8 @@ class _DiscordConverter(MarkdownConverter):
     convert_samp = convert_code
 
     def convert_pre(self, el: Tag, text: str, parent_tags: set[str]) -> str:
+        if "_inline" in parent_tags:  # a heading or table cell is one line: inline code
+            return f" {self.convert_code(el, text, parent_tags)} "
         text = text.strip("\n")
         if not text.strip():
             return ""
@@ -372,12 +423,15 @@ class _DiscordConverter(MarkdownConverter):
     convert_th = convert_td
 
     def convert_u(self, el: Tag, text: str, parent_tags: set[str]) -> str:
-        return _wrap(text, "__", parent_tags)
+        return self._emphasis(el, text, parent_tags, "__", _UNDERLINE_TAGS)
 
     convert_ins = convert_u
 
-    def convert_strike(self, el: Tag, text: str, parent_tags: set[str]) -> str:
-        return _wrap(text, "~~", parent_tags)
+    def convert_s(self, el: Tag, text: str, parent_tags: set[str]) -> str:
+        return self._emphasis(el, text, parent_tags, "~~", _STRIKE_TAGS)
+
+    convert_del = convert_s
+    convert_strike = convert_s
 
 
 def _attr(el: Tag, name: str) -> str | None:
@@ -388,12 +442,32 @@ def _attr(el: Tag, name: str) -> str | None:
     return value
 
 
-def _wrap(text: str, marker: str, parent_tags: set[str]) -> str:
-    """Inline markup around ``text``, as markdownify does it for ``<b>`` and ``<em>``."""
-    if "_noformat" in parent_tags:
-        return text
-    prefix, suffix, inner = _chomp(text)
-    return f"{prefix}{marker}{inner}{marker}{suffix}" if inner else ""
+def _followed_by_text(el: Tag) -> bool:
+    """Whether something shown on the same line follows ``el`` with no space between."""
+    following = el.next_sibling
+    if isinstance(following, Tag):
+        return following.name not in _LINE_BREAKING_TAGS
+    start = str(following)[:1] if following is not None else ""
+    return start != "" and not start.isspace()
+
+
+def _mark_lines(text: str, marker: str) -> str:
+    """``marker`` around each line of ``text`` that has words, after its quote or list lead.
+
+    Code block lines are left alone: markers there would be shown as typed.
+    """
+    lines = text.split("\n")
+    in_code = False
+    for i, line in enumerate(lines):
+        lead = _LINE_LEAD.match(line)
+        start = lead.end() if lead else 0
+        words = line[start:].rstrip()
+        if words.startswith("```"):  # a fence, also after a list bullet
+            in_code = not in_code
+        elif words and not in_code:
+            end = start + len(words)
+            lines[i] = f"{line[:start]}{marker}{words}{marker}{line[end:]}"
+    return "\n".join(lines)
 
 
 def _chomp(text: str) -> tuple[str, str, str]:

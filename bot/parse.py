@@ -27,6 +27,7 @@ import feedparser
 
 from bot import rawxml
 from bot.errors import FeedParseError, NotAFeedError
+from bot.images import choose_image
 from bot.models import Article, Comment, Dialect, ParsedFeed
 
 __all__ = ["parse_feed"]
@@ -41,13 +42,9 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "html", "xhtml"})
 _ITUNES_SCHEME = "http://www.itunes.com/"
 _COMMENT_MARK = "#comment-"
 _BLOGGER_POST_MARK = ".post-"
-_BLOGGER_SMALL_THUMB = re.compile(r"/s72(?:-[\w-]*)?-c/")
 _BLOGGER_POSTS_PATH = re.compile(r"/feeds/(?:(\d+)/)?posts/(?:default|summary)/?$")
 _BLOGGER_COMMENTS_PATH = re.compile(r"/feeds/(?:\d+/)?comments/default/?$")
 _RSS_AUTHOR = re.compile(r"^\S+@\S+\s+\((.+)\)$")
-_IMG_SRC = re.compile(
-    r"""<img\b[^>]*?\ssrc\s*=\s*(?:"([^"]+)"|'([^']+)'|([^\s>]+))""", re.IGNORECASE
-)
 _TAG = re.compile(r"<[^>]*>")
 
 
@@ -470,17 +467,8 @@ def _comments_feed(entry: Entry) -> str | None:
 
 
 def _image_url(entry: Entry, body: str, base_url: str | None) -> str | None:
-    """The first ``<img>`` of the post, else its (upsized) media thumbnail."""
-    match = _IMG_SRC.search(body)
-    if match:
-        src = html.unescape(next(group for group in match.groups() if group is not None))
-        return _absolute(base_url, _https_if_relative_scheme(src.strip()))
-    for thumbnail in entry.get("media_thumbnail") or []:
-        url = str(thumbnail.get("url") or "")
-        if url:
-            # Blogger serves 72px crops; /s1600/ is the full-size image.
-            return _BLOGGER_SMALL_THUMB.sub("/s1600/", _https_if_relative_scheme(url))
-    return None
+    """The feed's image for the post, else its first real ``<img>`` (see bot/images.py)."""
+    return choose_image(entry, body, lambda url: _absolute(base_url, url))
 
 
 # --- small helpers -------------------------------------------------------------------------------
@@ -518,11 +506,6 @@ def _split(url: str) -> SplitResult | None:
         return urlsplit(url)
     except ValueError:
         return None
-
-
-def _https_if_relative_scheme(url: str) -> str:
-    """Blogger writes images as ``//host/path``; Discord needs a scheme."""
-    return f"https:{url}" if url.startswith("//") else url
 
 
 def _str(entry: Entry, key: str) -> str | None:

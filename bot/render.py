@@ -62,6 +62,8 @@ EMPTY_NOTE = "*(empty comment)*"
 TRUNCATED_NOTE = "*… This comment is too long to show in full here; read it on the blog.*"
 
 _TIMESTAMP_STYLES = frozenset("tTdDfFR")
+# A cut text ending in a bare URL: Discord would make an "…" right after it part of the link.
+_ENDS_WITH_URL = re.compile(r"(?i)https?://\S*$")
 _CUT_PUNCTUATION = " ,;:-–—"
 
 # A permalink is shown as written when Discord will show it as written; anything
@@ -74,8 +76,9 @@ _ESCAPED_LABEL = "permalink (escaped)"
 _ESCAPED_SAFE = "/:?#=&;,+!$'~-._"
 _KEY_LINE = re.compile(r"-# ref (?P<key>[a-z2-7]{10})(?: · part (?P<part>[1-9][0-9]?))?")
 KEY_LINE_CHARS = len("\n-# ref 0123456789 · part 10")
+# The local time was added to the header later: messages without it are read too.
 _HEADER = re.compile(
-    r"\*\*(?:\\.|[^\\*\n])+\*\* · <t:-?\d+:f> · "
+    r"\*\*(?:\\.|[^\\*\n])+\*\* · (?:\d\d:\d\d · )?<t:-?\d+:f> · "
     r"\[(?P<label>permalink(?: \(escaped\))?)\]\(<(?P<url>[^<>\n]*)>\)"
 )
 
@@ -231,6 +234,14 @@ _ATOMIC = re.compile(r"\[(?:[^\[\]\n\\]|\\.)*\]\([^()\s]*\)|`[^`\n]+`")
 _CLOSING_FENCE = re.compile(r"[ \t>]*```[ \t]*(?:\n|$)")
 _MAX_FENCE_INDENT = 16
 _FENCE_RESERVE = len("\n```") + _MAX_FENCE_INDENT
+# Emphasis open at a cut inside a line is closed there and reopened in the next part
+# (bot.markdown closes it at every line end). Escapes, inline code, link targets and
+# URLs are read past: their "*", "_" and "~" are not markers.
+_EMPHASIS_TOKEN = re.compile(
+    r"\\.|`[^`\n]*`|\]\([^()\s]*\)|<https?://[^<>\s]*>"
+    r"|https?://[^\s<*]*?(?=[_~]*(?:[\s<*]|$))|\*+|_{2,}|~{2,}"
+)
+_EMPHASIS_RESERVE = len("***__~~")
 _SKIP_SPACE = re.compile(r"\s+")
 _SKIP_SPACE_IN_CODE = re.compile(r"[ \t]*\n|[ \t]+")
 _TRAILING_BACKSLASHES = re.compile(r"\\+$")
@@ -279,13 +290,15 @@ def iter_parts(text: str, budget_of: Callable[[int], int]) -> Iterator[str]:
             yield reopen + text[pos:]
             return
         window = reopen + text[pos : pos + 2 * budget]
-        cut, fence = _cut(window, budget, len(reopen))
+        line_end = text.find("\n", pos + 2 * budget)
+        line_rest = text[pos + 2 * budget : line_end if line_end >= 0 else end]
+        cut, fence, emphasis = _cut(window, budget, len(reopen), line_rest)
         part = window[:cut].rstrip()
-        yield part + fence.close if fence else part
+        yield part + fence.close if fence else part + "".join(reversed(emphasis))
         index += 1
         pos += cut - len(reopen)
         if fence is None:
-            reopen = ""
+            reopen = "".join(emphasis)
             skip = _SKIP_SPACE.match(text, pos)
             pos = skip.end() if skip else pos
             continue
@@ -301,20 +314,62 @@ def iter_parts(text: str, budget_of: Callable[[int], int]) -> Iterator[str]:
                 pos = skip.end() if skip else closing.end()
 
 
-def _cut(window: str, budget: int, floor: int) -> tuple[int, _Fence | None]:
-    """Where to end the part that ``window`` starts, and the code fence open there."""
+def _cut(
+    window: str, budget: int, floor: int, line_rest: str = ""
+) -> tuple[int, _Fence | None, list[str]]:
+    """Where to end the part that ``window`` starts, and the code fence or emphasis open there.
+
+    ``line_rest`` is the rest of the text's line beyond ``window``: emphasis open at
+    the cut counts only where that line closes it.
+    """
     atoms = [
         (m.start(), m.end()) for m in _ATOMIC.finditer(window) if m.end() - m.start() <= budget
     ]
     cut = _best_break(window, budget, floor, atoms)
     fence = _open_fence(window, cut)
     if fence is None:
-        return cut, None
+        if not _open_emphasis(window, cut, line_rest):
+            return cut, None, []
+        cut = _best_break(window, budget - _EMPHASIS_RESERVE, floor, atoms)
+        fence = _open_fence(window, cut)
+        if fence is None:
+            return cut, None, _open_emphasis(window, cut, line_rest)
     cut = _best_break(window, budget - _FENCE_RESERVE, floor, atoms)
     fence = _open_fence(window, cut)
     if fence is not None and fence.start > floor and not window[fence.content_start : cut].strip():
-        return fence.start, None  # don't end a part with an empty code block
-    return cut, fence
+        return fence.start, None, []  # don't end a part with an empty code block
+    return cut, fence, []
+
+
+def _open_emphasis(window: str, cut: int, line_rest: str) -> list[str]:
+    """The emphasis open at ``cut`` and closed later in its line, outermost first.
+
+    A marker the line never closes is not emphasis to Discord: it is left alone.
+    """
+    line_start = window.rfind("\n", 0, cut) + 1
+    stack: list[str] = []
+    for units in _emphasis_units(window, line_start, cut):
+        for unit in units if not (stack and stack[-1] == "*") else units[::-1]:
+            if unit in stack:
+                del stack[len(stack) - 1 - stack[::-1].index(unit)]
+            else:
+                stack.append(unit)
+    if not stack:
+        return []
+    line_end = window.find("\n", cut)
+    after = window[cut:] + line_rest if line_end < 0 else window[cut:line_end]
+    later = {unit for units in _emphasis_units(after, 0, len(after)) for unit in units}
+    return [unit for unit in stack if unit in later]
+
+
+def _emphasis_units(text: str, start: int, end: int) -> Iterator[list[str]]:
+    """Each emphasis marker run in ``text[start:end]`` as its units (``***``: ``**``, ``*``)."""
+    for match in _EMPHASIS_TOKEN.finditer(text, start, end):
+        token = match.group()
+        if token[0] == "*":
+            yield ["**"] * (len(token) // 2) + ["*"] * (len(token) % 2)
+        elif token[0] in "_~" and token[1:2] == token[0]:
+            yield [token[:2]] * (len(token) // 2)
 
 
 def _best_break(window: str, room: int, floor: int, atoms: list[tuple[int, int]]) -> int:
@@ -372,9 +427,16 @@ def _open_fence(window: str, cut: int) -> _Fence | None:
 
 
 def _comment_header(comment: Comment) -> str:
-    """``**Name** · <t:…:f> · [permalink](<url>)``: the line that identifies a comment."""
+    """``**Name** · 18:08 · <t:…:f> · [permalink](<url>)``: the line that identifies a comment.
+
+    ``18:08`` is the time as the blog shows it, in the feed's own UTC offset:
+    commenters answer each other by it ("Thank you 18:08"), and the Discord
+    timestamp beside it shows each reader's own zone. The time alone is enough
+    (the timestamp carries the date) and keeps the line short.
+    """
     name = escape_text(_shorten(one_line(comment.author), NAME_CHARS)) or "Anonymous"
-    header = f"**{name}** · {discord_timestamp(comment.published)}"
+    local = comment.published if comment.published.tzinfo else _as_utc(comment.published)
+    header = f"**{name}** · {local:%H:%M} · {discord_timestamp(comment.published)}"
     link = _permalink_link(comment.permalink)
     return f"{header} · {link}" if link else header
 
@@ -407,7 +469,7 @@ def _excerpt(html: str, *, base_url: str | None, room: int) -> str:
         return first
     if first.endswith("```"):
         return first + "\n…"
-    return first + (" …" if first[-1] in ".!?" else "…")
+    return first + (" …" if first[-1] in ".!?" or _ENDS_WITH_URL.search(first) else "…")
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -416,7 +478,10 @@ def _shorten(text: str, limit: int) -> str:
         return text
     space = text.rfind(" ", 0, limit)
     cut = text[:space] if space >= limit * 0.6 else text[: limit - 1]
-    return (cut.rstrip(_CUT_PUNCTUATION) or cut) + "…"
+    cut = cut.rstrip(_CUT_PUNCTUATION) or cut
+    if _ENDS_WITH_URL.search(cut):
+        return cut[: limit - 2] + " …"  # not glued to the link Discord makes of it
+    return cut + "…"
 
 
 def _untitled(published: datetime) -> str:

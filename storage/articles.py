@@ -20,6 +20,7 @@ from storage.records import (
     NewArticle,
     NewComment,
     from_db_time,
+    to_db_offset,
     to_db_time,
 )
 
@@ -242,8 +243,9 @@ class CommentRepo:
                 """
                 INSERT INTO comments (
                     subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
-                    published, html, permalink, removed, content_hash, state, first_seen_at
-                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    published, published_offset, html, permalink, removed, content_hash, state,
+                    first_seen_at
+                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (subscription_id, entry_id) DO NOTHING
                 """,
                 [
@@ -255,6 +257,7 @@ class CommentRepo:
                         c.author,
                         c.author_url,
                         to_db_time(c.published),
+                        to_db_offset(c.published),
                         c.html,
                         c.permalink,
                         int(c.removed),

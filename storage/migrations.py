@@ -279,7 +279,15 @@ CREATE TABLE leases (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
+# Version 4: a comment's publication time keeps the feed's own UTC offset, so its
+# message shows the time as the blog shows it ("Thank you 18:08"). ``published``
+# stays UTC text (it sorts as text); the offset is beside it, in seconds east of
+# UTC. Comments stored before have none and are shown in UTC.
+V4 = """
+ALTER TABLE comments ADD COLUMN published_offset INTEGER;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --- PostgreSQL: the same versions ---------------------------------------------------
@@ -440,7 +448,11 @@ CREATE TABLE leases (
 );
 """
 
-PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2, PG_V3)
+PG_V4 = """
+ALTER TABLE comments ADD COLUMN published_offset INTEGER;
+"""
+
+PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2, PG_V3, PG_V4)
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every version exists for both backends"
 
 # Any constant key: processes starting together take turns migrating.

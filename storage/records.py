@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +22,19 @@ def to_db_time(value: datetime) -> str:
 
 def from_db_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
+
+
+def to_db_offset(value: datetime) -> int | None:
+    """The UTC offset of an aware datetime, in seconds east of UTC, as stored beside it."""
+    offset = value.utcoffset()
+    return None if offset is None else int(offset.total_seconds())
+
+
+def in_db_offset(value: datetime, offset: int | None) -> datetime:
+    """A stored UTC time shown in its stored offset again (None: it stays UTC)."""
+    if not offset:
+        return value
+    return value.astimezone(timezone(timedelta(seconds=offset)))
 
 
 def optional_time(value: str | None) -> datetime | None:
@@ -205,6 +218,8 @@ class NewComment:
 
 @dataclass(frozen=True, slots=True)
 class CommentRecord:
+    """A stored comment; ``published`` is in the feed's own UTC offset (UTC before v3)."""
+
     id: int
     subscription_id: int
     article_id: int
@@ -235,7 +250,7 @@ class CommentRecord:
             parent_entry_id=row["parent_entry_id"],
             author=row["author"],
             author_url=row["author_url"],
-            published=from_db_time(row["published"]),
+            published=in_db_offset(from_db_time(row["published"]), row["published_offset"]),
             html=row["html"],
             permalink=row["permalink"],
             removed=bool(row["removed"]),

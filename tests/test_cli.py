@@ -72,8 +72,11 @@ def test_preview_of_the_seed_prints_the_expected_thread() -> None:
     starts = SEED_COMMENT_STARTS
     positions = [out.index(text) for text in starts]
     assert positions == sorted(positions)
-    times = re.findall(r"\*\*Anonymous\*\* · \d{4}-\d\d-(\d\d \d\d:\d\d)", out)
-    assert times == [
+    # The blog's own time, then the Discord timestamp shown in the blog's zone: the same.
+    headers = re.findall(
+        r"\*\*Anonymous\*\* · (\d\d:\d\d) · \d{4}-\d\d-(\d\d) (\d\d:\d\d) \+0100", out
+    )
+    assert [f"{day} {local}" for local, day, _ in headers] == [
         "03 09:51",
         "03 11:20",
         "03 13:40",
@@ -82,6 +85,7 @@ def test_preview_of_the_seed_prints_the_expected_thread() -> None:
         "03 21:02",
         "04 07:45",
     ]
+    assert all(local == shown for local, _, shown in headers)
 
 
 @pytest.mark.parametrize(

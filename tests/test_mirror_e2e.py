@@ -14,6 +14,8 @@ from tests.feedserver import FIXTURES
 SEED = FIXTURES / "seed"
 TITLE = "Great Leadership, But Poor Output?"
 SEED_ORDER = SEED_COMMENT_STARTS
+# Each seed comment's time as the blog shows it (+01:00): "Thank you 18:08" answers [4].
+SEED_LOCAL_TIMES = ("09:51", "11:20", "13:40", "18:08", "20:15", "21:02", "07:45")
 
 
 def serve_seed(harness: Harness) -> str:
@@ -34,6 +36,8 @@ def assert_seed_thread(messages: list[dict[str, Any]]) -> None:
     assert len(comments) == 7
     for text, message in zip(SEED_ORDER, comments, strict=True):
         assert text in message["content"], (text, message["content"][:120])
+    for local, message in zip(SEED_LOCAL_TIMES, comments, strict=True):
+        assert message["content"].startswith(f"**Anonymous** · {local} · <t:"), message["content"]
     ids = [m["id"] for m in comments]
     assert [reply_to(m) for m in comments] == [None, ids[0], ids[0], None, None, ids[4], None]
     for message in messages:

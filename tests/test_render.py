@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from html import escape
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.markdown import ZWSP, clean_text, safe_url
@@ -39,7 +39,9 @@ BST = timezone(timedelta(hours=1))
 POST_URL = "https://probationmatters.blogspot.com/2019/04/great-leadership-but-poor-output.html"
 PERMALINK = f"{POST_URL}?showComment=1554281460000#c123"
 WHEN = datetime(2019, 4, 3, 9, 51, tzinfo=BST)  # 1554281460
-HEADER = f"**Anonymous** · <t:1554281460:f> · [permalink](<{PERMALINK}>)"
+HEADER = f"**Anonymous** · 09:51 · <t:1554281460:f> · [permalink](<{PERMALINK}>)"
+# What comment messages said before they showed the blog's own time: still read back.
+OLD_HEADER = f"**Anonymous** · <t:1554281460:f> · [permalink](<{PERMALINK}>)"
 
 LIVE_MENTION = re.compile(r"@everyone|@here|<@!?\d+>|<@&\d+>|<#\d+>|</[\w -]+:\d+>")
 MENTIONS = ["@everyone", "@here", "<@123>", "<@!123>", "<@&123>", "<#123>", "</cmd:123>"]
@@ -463,6 +465,33 @@ def test_comment_header_and_body() -> None:
     assert parts == [f"{HEADER}\nIs that right?\n\nOdd 'then'."]
 
 
+@pytest.mark.parametrize(
+    ("published", "shown"),
+    [
+        (datetime(2019, 4, 3, 18, 8, tzinfo=BST), "18:08"),
+        (datetime(2019, 4, 3, 12, 8, tzinfo=timezone(-timedelta(hours=5))), "12:08"),
+        (datetime(2019, 4, 3, 17, 8, tzinfo=UTC), "17:08"),
+        (datetime(2019, 4, 3, 22, 38, tzinfo=timezone(timedelta(hours=5, minutes=30))), "22:38"),
+    ],
+)
+def test_comment_header_shows_the_blogs_own_time(published: datetime, shown: str) -> None:
+    """The header shows the time as the blog does (its own offset), then a Discord timestamp.
+
+    The seed blog's commenters answer each other by it ("Thank you 18:08"), while a
+    Discord timestamp shows each reader's own zone; every case here is 17:08 UTC.
+    """
+    first = render_comment(comment(published=published))[0]
+    assert first.startswith(f"**Anonymous** · {shown} · <t:1554311280:f> · [permalink](<")
+    assert permalink_in(first) == PERMALINK
+
+
+def test_permalink_in_reads_headers_with_and_without_local_time() -> None:
+    """Headers with the blog's time are read, and so are those already in Discord without it."""
+    assert permalink_in(f"{HEADER}\nHello") == PERMALINK
+    assert permalink_in(f"{OLD_HEADER}\nHello") == PERMALINK
+    assert permalink_in(OLD_HEADER.replace("**Anonymous**", "**A \\*b\\***")) == PERMALINK
+
+
 def test_comment_author_name_escaped() -> None:
     """A commenter's name cannot bring formatting or a mention into the header."""
     header = render_comment(comment(author="**Admin** @everyone\nline"))[0].split("\n")[0]
@@ -554,6 +583,8 @@ def test_percent_escapes_in_a_permalink_are_kept_as_written() -> None:
         f"**Anonymous** · <t:1554281460:f> · {PERMALINK}",
         f"**Anonymous** · <t:1554281460:R> · [permalink](<{PERMALINK}>)",
         f"**Any*one** · <t:1554281460:f> · [permalink](<{PERMALINK}>)",
+        f"**Anonymous** · 9:51 · <t:1554281460:f> · [permalink](<{PERMALINK}>)",
+        f"**Anonymous** · 09:51 · 09:51 · <t:1554281460:f> · [permalink](<{PERMALINK}>)",
     ],
 )
 def test_permalink_in_ignores_other_text(content: str) -> None:
@@ -594,6 +625,35 @@ def test_article_excerpt_cut_with_ellipsis() -> None:
     assert excerpt.endswith("post. …")
     assert "image" not in content  # the article's image is the embed
     assert len(content) <= 2000
+
+
+def test_article_excerpt_cut_after_a_url_leaves_the_url_alone() -> None:
+    """An excerpt cut right after a bare URL puts a space before "…": Discord would link it."""
+    html = "<p>" + "word " * 134 + "https://example.com/abc wordy more words here and there</p>"
+    excerpt = render_article(article(html=html), blog_title="").content.split("\n")[2]
+    assert excerpt.endswith(" https://example.com/abc …")
+
+
+def test_name_cut_inside_a_url_leaves_the_url_alone() -> None:
+    """A long name ending in a URL is cut with a space before "…", outside the link."""
+    header = render_comment(comment(author="Visit https://spam.example/" + "a" * 100))[0]
+    assert re.match(r"\*\*Visit https://spam\.example/a+ …\*\* · 09:51 · ", header), header
+
+
+@pytest.mark.parametrize(
+    ("html", "markdown"),
+    [
+        (f"<a href='{POST_URL}'>{POST_URL}</a>text", f"<{POST_URL}>text"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a><b>bold</b>", f"<{POST_URL}>**bold**"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a>, then", f"<{POST_URL}>, then"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a> text", f"{POST_URL} text"),
+        (f"<a href='{POST_URL}'>{POST_URL}</a><br />next", f"{POST_URL}\nnext"),
+        (f"<p><a href='{POST_URL}'>{POST_URL}</a></p><p>next</p>", f"{POST_URL}\n\nnext"),
+    ],
+)
+def test_text_right_after_a_linked_url_is_not_glued_to_it(html: str, markdown: str) -> None:
+    """A link shown as its URL, with text right after it, is closed off with <>."""
+    assert html_to_markdown(html) == markdown
 
 
 def test_untitled_article_and_blog_title_as_author() -> None:
@@ -645,6 +705,93 @@ def test_comment_links_to_refused_hosts_are_shown_plainly() -> None:
     )
     [message] = render_comment(comment(html=html))
     assert message.split("\n", 1)[1] == "the post and \\[image: cat\\]"
+
+
+# --- emphasis -----------------------------------------------------------------------
+
+# What Discord never reads as emphasis: escapes, inline code, link targets, <…> links.
+_NOT_EMPHASIS = re.compile(r"\\.|`[^`\n]*`|\]\([^()\s]*\)|<[^<>\n]*>")
+_FENCE = re.compile(r"^[ \t>]*(?:(?:-|\d+\.)[ \t]+)*```")
+
+
+def emphasis_balanced(markdown: str) -> bool:
+    """Whether every line opens as many ``**``, ``*``, ``__`` and ``~~`` as it closes.
+
+    Per line, because Discord does not carry emphasis across a line break reliably;
+    a run of three asterisks is ``**`` and ``*`` together. Code blocks are skipped.
+    """
+    in_code = False
+    for line in markdown.split("\n"):
+        if _FENCE.match(line):
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        bare = _NOT_EMPHASIS.sub("x", line)
+        stars = [len(run) for run in re.findall(r"\*+", bare)]
+        if sum(n // 2 for n in stars) % 2 or sum(n % 2 for n in stars) % 2:
+            return False
+        for mark in "_~":
+            if sum(len(run) // 2 for run in re.findall(f"{mark}+", bare)) % 2:
+                return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("html", "markdown"),
+    [
+        ("<b><b>Title</b><br/>text</b>", "**Title**\n**text**"),
+        ("<strong><b>x</b> y</strong>", "**x y**"),
+        ("<b>a <strong>b <b>c</b></strong> d</b>", "**a b c d**"),
+        ("<em><i>x</i> y</em>", "*x y*"),
+        ("<i>a <em>b</em></i> c", "*a b* c"),
+        ("<u><ins>x</ins> y</u>", "__x y__"),
+        ("<s><del>x</del> <strike>y</strike></s>", "~~x y~~"),
+        ("<b>a<i>b<br/>c</i>d</b>", "**a*b***\n***c*d**"),
+        ("<i>one<br />two<br /><br />three</i>", "*one*\n*two*\n\n*three*"),
+        ("<b><p>one</p><p>two</p></b>", "**one**\n\n**two**"),
+        ("<b><ul><li>a</li><li>b</li></ul></b>", "- **a**\n- **b**"),
+        ("<b><blockquote>q<br>r</blockquote></b>", "> **q**\n> **r**"),
+        ("<b><pre>code\nmore</pre>after</b>", "```\ncode\nmore\n```\n\n**after**"),
+        ("<h2><b>Bold</b> heading</h2>", "**Bold heading**"),
+        ("<b><h2>Heading</h2>text</b>", "**Heading**\n\n**text**"),
+        ("<b>x</b><b>y</b>", f"**x**{ZWSP}**y**"),
+        ("<b>x</b><i>y</i>", f"**x**{ZWSP}*y*"),
+        ("a<b></b>b<i> </i>c<u><b> </b></u>d", "ab c d"),
+        ("<b>run <code>a<br>b</code></b>", "**run `a b`**"),
+        ("<b><ul><li><pre>x</pre></li></ul></b>", "- ```\n  x\n  ```"),
+        ("<h3><i>a<pre>b\nc</pre></i></h3>", "***a `b c`***"),
+    ],
+)
+def test_nested_emphasis_is_balanced(html: str, markdown: str) -> None:
+    """Nested same emphasis is marked once; each line is closed and reopened; empty ones go."""
+    assert html_to_markdown(html) == markdown
+    assert emphasis_balanced(markdown)
+
+
+def test_split_closes_and_reopens_emphasis_cut_inside_a_line() -> None:
+    """A bold line longer than a part is closed at the cut and reopened in the next part."""
+    markdown = html_to_markdown(
+        "<p><b>" + "bold words here " * 30 + "</b> and <i>" + "it " * 40 + "</i></p>"
+    )
+    assert "\n" not in markdown
+    parts = split_message(markdown, limit=100)
+    assert len(parts) > 5
+    assert all(len(part) <= 100 for part in parts)
+    assert all(emphasis_balanced(part) for part in parts), parts
+    assert parts[1].startswith("**") and parts[1].endswith("**")
+    shown = " ".join(parts).replace("*", "").split()
+    assert shown == markdown.replace("*", "").split()
+
+
+def test_long_bold_comment_parts_are_each_balanced() -> None:
+    """A comment that is one long bold, struck, underlined line splits into balanced parts."""
+    html = "<b><u><s>" + "shouting at length " * 400 + "</s></u></b>"
+    parts = render_comment(comment(html=html))
+    assert len(parts) > 2
+    assert all(len(part) <= 2000 for part in parts)
+    assert all(emphasis_balanced(part) for part in parts)
+    assert parts[1].startswith("**__~~") and parts[1].endswith("~~__**")
 
 
 # --- splitting ----------------------------------------------------------------------
@@ -726,13 +873,22 @@ HTMLISH = st.lists(HTML_TOKENS | st.text(max_size=8), max_size=60).map("".join)
 @props
 @given(text=WORDY, limit=st.integers(min_value=64, max_value=400))
 def test_split_property_parts_fit_and_no_word_is_lost(text: str, limit: int) -> None:
-    """For any text, parts fit, none is empty, and the words come out in order."""
+    """For any text, parts fit, none is empty, and the words come out in order.
+
+    Emphasis cut inside a line is closed and reopened, so markers may be added.
+    """
     parts = split_message(text, limit)
     assert all(0 < len(part) <= limit for part in parts)
     assert all(part == part.strip() for part in parts)
-    if all(len(word) <= limit for word in text.split()):
-        assert " ".join(parts).split() == text.split()
-    assert "".join("".join(parts).split()) == "".join(text.split())
+    fits = all(len(word) <= limit for word in text.split())
+    joined, text = unmarked(" ".join(parts)), unmarked(text)
+    if fits:
+        assert joined.split() == text.split()
+    assert "".join(joined.split()) == "".join(text.split())
+
+
+def unmarked(text: str) -> str:
+    return re.sub(r"[*_~]", "", text)
 
 
 @props
@@ -787,6 +943,31 @@ def test_permalink_property_round_trips(permalink: str) -> None:
     first = render_comment(comment(permalink=permalink))[0]
     assert permalink_in(first) == permalink
     assert not LIVE_MENTION.search(first)
+
+
+EMPHASIS_TOKENS = st.sampled_from(
+    [
+        "<b>", "</b>", "<strong>", "</strong>", "<i>", "</i>", "<em>", "</em>", "<u>", "</u>",
+        "<s>", "</s>", "<del>", "</del>", "<br />", "<p>", "</p>", "<div>", "</div>", "<h3>",
+        "</h3>", "<ul><li>", "</li></ul>", "<blockquote>", "</blockquote>", "<pre>", "</pre>",
+        "<code>", "</code>", "<a href='http://x.example/a__b'>", "</a>", " ", "word", "*", "_",
+        "~", "\n",
+    ]
+)  # fmt: skip
+
+
+@props
+@given(
+    html=st.lists(EMPHASIS_TOKENS, max_size=80).map("".join),
+    limit=st.integers(min_value=64, max_value=300),
+)
+@example(html="<b><b>word</b><br />" + "word " * 30 + "</b>", limit=64)
+@example(html="<b><pre>word", limit=64)
+def test_emphasis_property_every_part_balanced(html: str, limit: int) -> None:
+    """However emphasis is nested, every line of every part opens what it closes."""
+    markdown = html_to_markdown(html)
+    assert emphasis_balanced(markdown), markdown
+    assert all(emphasis_balanced(part) for part in split_message(markdown, limit))
 
 
 @props
