@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.feedgen import SEED_COMMENT_STARTS
-from tests.feedserver import FIXTURES, FeedServer
+from tests.feedserver import FIXTURES, FeedServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.very-secret-token-value-xyz"
@@ -157,3 +157,14 @@ async def _run_async(*args: str, allow_private: bool = True) -> tuple[int, str, 
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+def test_preview_refuses_credentials_without_repeating_them() -> None:
+    """A feed URL with user:password@ is refused in one line that does not repeat them."""
+    url = f"http://alice:S3cretPassw0rd@127.0.0.1:{free_port()}/feed"
+    result = run("preview", url, env={"ALLOW_PRIVATE_ADDRESSES": "true"})
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "user name or password" in line
+    assert "S3cretPassw0rd" not in line and "alice" not in line
