@@ -666,7 +666,7 @@ async def test_name_resolving_to_loopback_is_refused_by_resolver(
     """'localhost' passes the literal check; the session's resolver stops it at connect time."""
     fetcher = await make_fetcher(allow_private=False)
 
-    with pytest.raises(BlockedAddressError, match=r"localhost resolves to a private address \(127"):
+    with pytest.raises(BlockedAddressError, match=r"localhost resolves to a private address;"):
         await fetcher.fetch(server.url("/feed").replace("127.0.0.1", "localhost"))
 
 
@@ -743,12 +743,48 @@ async def test_resolver_refuses_private_answers(host: str) -> None:
         await resolver.resolve(host, 80)
 
 
-async def test_resolver_refuses_scoped_link_local() -> None:
-    """A scope id does not hide a link-local address."""
+async def test_refusal_names_the_host_but_never_its_addresses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Any guild's moderator reads the refusal: it must not answer DNS questions about the
+    operator's network. The addresses go to the operator's log, at DEBUG."""
+    table = {"internal-db.corp": ["10.1.2.3", "fd00::7"]}
+    caplog.set_level("DEBUG", logger="bot.addresses")
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(allow_private=False, inner=FakeDNS(table))
+    )
+    async with aiohttp.ClientSession(connector=connector) as session:
+        fetcher = Fetcher(session, timeout=5, max_bytes=1_000_000, allow_private=False)
+        with pytest.raises(BlockedAddressError) as info:
+            await fetcher.fetch("http://internal-db.corp/feed")
+
+    assert str(info.value) == (
+        "The feed host internal-db.corp resolves to a private address; "
+        "set ALLOW_PRIVATE_ADDRESSES=true to allow it."
+    )
+    assert "10.1.2.3" in caplog.text and "fd00::7" in caplog.text
+
+
+@pytest.mark.parametrize("host", ["intranet.example", "rebind.example", "mapped.example"])
+async def test_resolver_refusals_hide_the_answers(host: str) -> None:
+    """Whatever the answers, the message holds none of them."""
     resolver = GuardedResolver(allow_private=False, inner=FakeDNS(DNS_TABLE))
 
-    with pytest.raises(BlockedAddressError, match="link-local"):
+    with pytest.raises(BlockedAddressError) as info:
+        await resolver.resolve(host, 80)
+
+    assert not any(address in str(info.value) for address in DNS_TABLE[host])
+
+
+async def test_resolver_refuses_scoped_link_local(caplog: pytest.LogCaptureFixture) -> None:
+    """A scope id does not hide a link-local address."""
+    resolver = GuardedResolver(allow_private=False, inner=FakeDNS(DNS_TABLE))
+    caplog.set_level("DEBUG", logger="bot.addresses")
+
+    with pytest.raises(BlockedAddressError, match=r"linklocal\.example resolves to a private"):
         await resolver.resolve("linklocal.example", 80)
+
+    assert "fe80::1 is link-local" in caplog.text
 
 
 async def test_resolver_allows_private_when_configured() -> None:
@@ -764,7 +800,7 @@ async def test_real_resolver_refuses_localhost() -> None:
     """The default inner resolver is guarded too ('localhost' is answered from /etc/hosts)."""
     resolver = GuardedResolver(allow_private=False)
 
-    with pytest.raises(BlockedAddressError, match=r"127\.0\.0\.1"):
+    with pytest.raises(BlockedAddressError, match="localhost resolves to a private address"):
         await resolver.resolve("localhost", 80, socket.AF_INET)
     await resolver.close()
 
