@@ -12,11 +12,17 @@ import discord
 
 from bot.client import BlogMirrorBot
 from bot.discord_rest import DiscordRest
-from bot.errors import AnotherInstanceError, BlogMirrorError
+from bot.errors import AnotherInstanceError, BlogMirrorError, CannotStartError
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
-from storage import Database, DatabaseInUseError, DatabaseLock, DatabaseTooNewError
+from storage import (
+    Database,
+    DatabaseCorruptError,
+    DatabaseInUseError,
+    DatabaseLock,
+    DatabaseTooNewError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,12 @@ async def _run_with_database(settings: Settings) -> None:
         db = await Database.open(settings.database_path)
     except DatabaseTooNewError as exc:
         raise BlogMirrorError(str(exc)) from None
+    except DatabaseCorruptError as exc:
+        raise CannotStartError(
+            f"the database file {settings.database_path} is damaged or not a SQLite database "
+            f"({exc.reason}): restore it from a backup, or move it aside (with any "
+            f"{settings.database_path.name}-wal file beside it) to start with an empty one."
+        ) from None
     try:
         async with (
             create_session(allow_private=settings.allow_private_addresses) as session,

@@ -22,6 +22,23 @@ from storage.migrations import migrate
 
 log = logging.getLogger(__name__)
 
+# Primary SQLite result codes that mean "these bytes are not a sound database".
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+class DatabaseCorruptError(Exception):
+    """The file is not a readable SQLite database: damaged, truncated or something else.
+
+    Nothing in it can be trusted, so the bot stops instead of guessing; the
+    operator restores a backup or moves the file aside.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a readable SQLite database ({reason})")
+        self.path = path
+        self.reason = reason
+
 
 class Database:
     """An open blogmirror database."""
@@ -36,7 +53,11 @@ class Database:
 
     @classmethod
     async def open(cls, path: Path | str) -> Database:
-        """Open (creating folder and file if needed), configure and migrate."""
+        """Open (creating folder and file if needed), configure and migrate.
+
+        Raises ``DatabaseCorruptError`` when the file is not a readable SQLite
+        database (random bytes, a truncated copy).
+        """
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +71,11 @@ class Database:
             # old one, which would otherwise cascade into the rows that point at it.
             await migrate(conn)
             await conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            if exc.sqlite_errorcode & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise DatabaseCorruptError(path, str(exc)) from exc
+            raise
         except BaseException:
             await conn.close()
             raise

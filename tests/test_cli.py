@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +170,48 @@ def test_preview_refuses_credentials_without_repeating_them() -> None:
     [line] = result.stderr.splitlines()
     assert "user name or password" in line
     assert "S3cretPassw0rd" not in line and "alice" not in line
+
+
+def _damaged_databases(tmp_path: Path) -> dict[str, bytes]:
+    """Random bytes, and a real blogmirror database cut short."""
+    import asyncio
+
+    from storage import Database
+
+    async def make() -> Path:
+        db = await Database.open(tmp_path / "made.db")
+        await db.close()
+        return db.path
+
+    made = asyncio.run(make())
+    conn = sqlite3.connect(made)
+    conn.execute("PRAGMA journal_mode = DELETE")  # everything into the main file
+    conn.close()
+    whole = made.read_bytes()
+    return {
+        "random": random.Random(7).randbytes(16_384),
+        "truncated": whole[: len(whole) // 2],
+    }
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated"])
+def test_a_damaged_database_stops_the_bot_with_one_line(tmp_path: Path, kind: str) -> None:
+    """A file that is not a readable SQLite database: exit 2, one line naming the file and
+    what to do, no traceback, and the file left as it was."""
+    data = tmp_path / "data"
+    data.mkdir()
+    database = data / "blogmirror.db"
+    damaged = _damaged_databases(tmp_path)[kind]
+    database.write_bytes(damaged)
+    env = {
+        "DISCORD_TOKEN": "discord-double-token-0123456789",
+        "DATABASE_PATH": "data/blogmirror.db",
+        "LOG_LEVEL": "INFO",
+    }
+    result = run(env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("blogmirror: ") and "data/blogmirror.db" in line
+    assert "backup" in line and "move it aside" in line
+    assert database.read_bytes() == damaged
