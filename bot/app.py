@@ -16,6 +16,7 @@ from bot.errors import AnotherInstanceError, BlogMirrorError, CannotStartError
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
+from bot.startup import login_when_reachable
 from storage import (
     Database,
     DatabaseCorruptError,
@@ -69,12 +70,10 @@ async def _run_with_database(settings: Settings) -> None:
             stop = _install_signal_handlers(bot)
             try:
                 async with bot:
-                    await bot.start(settings.discord_token)
-            except discord.LoginFailure:
-                raise BlogMirrorError(
-                    "Discord refused the token (DISCORD_TOKEN): reset it in the developer "
-                    "portal and update the setting."
-                ) from None
+                    # Client.start is login + connect; the log-in (and the first gateway
+                    # connection) are retried while Discord is unreachable.
+                    if await login_when_reachable(bot, settings.discord_token):
+                        await bot.connect()
             except discord.PrivilegedIntentsRequired:
                 raise BlogMirrorError("Discord refused the gateway intents.") from None
             finally:
