@@ -17,6 +17,7 @@ private, link-local, multicast or reserved addresses:
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -26,6 +27,8 @@ from yarl import URL
 from bot.errors import BlockedAddressError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+log = logging.getLogger(__name__)
 
 
 def literal_ip(host: str) -> IPAddress | None:
@@ -80,15 +83,12 @@ def check_literal_host(url: URL) -> None:
     host = url.raw_host or ""
     ip = literal_ip(host)
     if ip is not None and (kind := forbidden_kind(ip)) is not None:
-        raise BlockedAddressError(_blocked_message(host, ip, kind))
-
-
-def _blocked_message(host: str, ip: IPAddress, kind: str) -> str:
-    detail = str(ip) if kind == "private" else f"{ip}, {kind}"
-    return (
-        f"The feed host {host} resolves to a private address ({detail}); "
-        "set ALLOW_PRIVATE_ADDRESSES=true to allow it."
-    )
+        # The host is the address: naming its kind tells the moderator nothing new.
+        detail = "" if kind == "private" else f" ({kind})"
+        raise BlockedAddressError(
+            f"The feed host {host} is a private address{detail}; "
+            "set ALLOW_PRIVATE_ADDRESSES=true to allow it."
+        )
 
 
 class GuardedResolver(AbstractResolver):
@@ -117,7 +117,20 @@ class GuardedResolver(AbstractResolver):
                 # A scoped IPv6 address ("fe80::1%eth0") is link-local whatever the scope.
                 ip = ipaddress.ip_address(result["host"].split("%", 1)[0])
                 if (kind := forbidden_kind(ip)) is not None:
-                    raise BlockedAddressError(_blocked_message(host, ip, kind))
+                    # Any guild's moderator reads the message: it must not turn the bot
+                    # into a DNS oracle for the operator's network. The operator gets
+                    # the answers in the log.
+                    log.debug(
+                        "Refused %s: it resolves to %s (%s is %s)",
+                        host,
+                        ", ".join(r["host"] for r in results),
+                        ip,
+                        kind,
+                    )
+                    raise BlockedAddressError(
+                        f"The feed host {host} resolves to a private address; "
+                        "set ALLOW_PRIVATE_ADDRESSES=true to allow it."
+                    )
         return results
 
     async def close(self) -> None:

@@ -12,11 +12,18 @@ import discord
 
 from bot.client import BlogMirrorBot
 from bot.discord_rest import DiscordRest
-from bot.errors import AnotherInstanceError, BlogMirrorError
+from bot.errors import AnotherInstanceError, BlogMirrorError, CannotStartError
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
-from storage import DatabaseInUseError, DatabaseLock, DatabaseTooNewError, open_database
+from bot.startup import login_when_reachable
+from storage import (
+    DatabaseCorruptError,
+    DatabaseInUseError,
+    DatabaseLock,
+    DatabaseTooNewError,
+    open_database,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,12 @@ async def _run_with_database(settings: Settings) -> None:
         db = await open_database(path=settings.database_path, url=settings.database_url)
     except DatabaseTooNewError as exc:
         raise BlogMirrorError(str(exc)) from None
+    except DatabaseCorruptError as exc:
+        raise CannotStartError(
+            f"the database file {settings.database_path} is damaged or not a SQLite database "
+            f"({exc.reason}): restore it from a backup, or move it aside (with any "
+            f"{settings.database_path.name}-wal file beside it) to start with an empty one."
+        ) from None
     try:
         async with (
             create_session(allow_private=settings.allow_private_addresses) as session,
@@ -62,12 +75,10 @@ async def _run_with_database(settings: Settings) -> None:
             stop = _install_signal_handlers(bot)
             try:
                 async with bot:
-                    await bot.start(settings.discord_token)
-            except discord.LoginFailure:
-                raise BlogMirrorError(
-                    "Discord refused the token (DISCORD_TOKEN): reset it in the developer "
-                    "portal and update the setting."
-                ) from None
+                    # Client.start is login + connect; the log-in (and the first gateway
+                    # connection) are retried while Discord is unreachable.
+                    if await login_when_reachable(bot, settings.discord_token):
+                        await bot.connect()
             except discord.PrivilegedIntentsRequired:
                 raise BlogMirrorError("Discord refused the gateway intents.") from None
             finally:

@@ -109,10 +109,14 @@ class BlogMirrorBot(commands.AutoShardedBot):
         self._cycle_locks: dict[int, asyncio.Lock] = {}
         self._active_cycles: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self.stopping = asyncio.Event()
+        """Set as soon as ``close()`` begins: ends a start-up wait at once (``bot.startup``)."""
 
     async def setup_hook(self) -> None:
+        # A log-in retried at start (bot.startup) runs this again: load only what is not loaded.
         for extension in EXTENSIONS:
-            await self.load_extension(extension)
+            if extension not in self.extensions:
+                await self.load_extension(extension)
         if self.settings.dev_guild_id is not None:
             guild = discord.Object(id=self.settings.dev_guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -129,6 +133,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         settles it from the thread, so nothing is lost or sent twice.
         """
         self._closing = True  # no new cycle starts from here on
+        self.stopping.set()
         current = asyncio.current_task()
         pending = [t for t in self._active_cycles if t is not current and not t.done()]
         for task in pending:

@@ -59,7 +59,14 @@ async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
         raise NotAFeedError(f"{page.url} answered with an empty page: paste the feed URL instead.")
 
     # A homepage can be megabytes of markup: parse it off the event loop.
-    info = await asyncio.to_thread(_PageInfo.parse, body, page.content_type, page.url)
+    try:
+        info = await asyncio.to_thread(_PageInfo.parse, body, page.content_type, page.url)
+    except (UnicodeError, LookupError):
+        # A charset Python knows but that cannot decode a page ("charset=idna").
+        raise NotAFeedError(
+            f"{page.url} could not be read: its Content-Type ({(page.content_type or '')[:100]}) "
+            "names a character set that cannot decode the page. Paste the feed URL instead."
+        ) from None
     candidates = _feed_links(info)
     if _is_blogger(info, page.url):
         origin = URL(page.url).origin()

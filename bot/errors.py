@@ -29,6 +29,13 @@ class AnotherInstanceError(BlogMirrorError):
     exit_status = 2
 
 
+class CannotStartError(BlogMirrorError):
+    """Starting again as is would fail the same way: the operator must fix something first
+    (the token, the database file). Exit status 2, so a service manager need not retry."""
+
+    exit_status = 2
+
+
 class FeedError(BlogMirrorError):
     """Fetching or reading a feed failed."""
 

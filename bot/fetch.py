@@ -7,6 +7,8 @@ subclasses from ``bot.errors`` with a message a moderator can act on:
 * one whole-request time budget (connect, every redirect hop and the body);
 * a body size cap counted on decompressed bytes while streaming;
 * redirects followed by hand, so every hop is re-validated;
+* no URL with a user name or password (typed, or as a redirect target): feeds
+  are public, and a password would otherwise be stored, shown and logged;
 * unless ``ALLOW_PRIVATE_ADDRESSES`` is set, no connection to loopback, private,
   link-local, multicast or reserved addresses: the session resolves host names
   through ``bot.addresses.GuardedResolver`` and every hop's IP-literal host is
@@ -19,6 +21,7 @@ import asyncio
 import email.utils
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +53,7 @@ __all__ = [
     "check_hop",
     "check_url",
     "create_session",
+    "redact_userinfo",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,13 @@ _CHUNK_SIZE: Final = 64 * 1024
 _ACCEPT: Final = (
     "application/atom+xml, application/rss+xml;q=0.9, application/xml;q=0.8, "
     "text/xml;q=0.8, text/html;q=0.5, */*;q=0.1"
+)
+# Everything between "scheme://" (or the start) and the first "/", "?" or "#".
+_AUTHORITY = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?([^/?#]*)")
+_CREDENTIALS_REFUSED: Final = (
+    "Feed URLs with a user name or password in them (user:password@…) are refused: "
+    "the bot only reads public feeds and never stores credentials. "
+    "Paste the address without them."
 )
 # The whole-request budget is enforced by asyncio.timeout in Fetcher.fetch; aiohttp's
 # own per-request timeouts are switched off so only one clock (and one message) applies.
@@ -107,6 +118,13 @@ def check_url(url: str) -> str:
         raise InvalidFeedURLError(
             f"The feed URL is longer than {MAX_URL_LENGTH} characters: check what was pasted."
         )
+    if _has_userinfo(text):
+        # Nothing of the URL is repeated: the part before "@" may be a password.
+        if "://" not in text or text.lower().startswith(("http://", "https://")):
+            raise InvalidFeedURLError(_CREDENTIALS_REFUSED)
+        raise InvalidFeedURLError(
+            "That is not a web address: only http:// and https:// feed URLs can be fetched."
+        )
     if "://" not in text and _looks_like_bare_host(text):
         text = "https://" + text
     try:
@@ -116,13 +134,31 @@ def check_url(url: str) -> str:
     return str(_validated(parsed, shown=text))
 
 
+def redact_userinfo(text: str) -> str:
+    """``text`` with any ``user:password@`` before its host replaced by ``***@``.
+
+    For echoing what someone typed that may be a URL with a password in it.
+    """
+    match = _AUTHORITY.match(text)
+    if match is None or "@" not in match.group(1):
+        return text
+    start, end = match.span(1)
+    return text[:start] + "***@" + text[start:end].rsplit("@", 1)[1] + text[end:]
+
+
+def _has_userinfo(text: str) -> bool:
+    """True for ``https://alice:pw@host/``, ``alice:pw@host/feed`` and ``https://@host``."""
+    match = _AUTHORITY.match(text)
+    return match is not None and "@" in match.group(1)
+
+
 def check_hop(url: URL, *, allow_private: bool) -> URL:
     """Run the checks every request target gets (the first URL and each redirect).
 
-    An http(s) URL with a host and a valid port, without its fragment, and, unless
-    private addresses are allowed, no IP-literal host in a forbidden range. Host
-    names are not resolved here: the session's ``GuardedResolver`` checks them at
-    connect time.
+    An http(s) URL with a host and a valid port, no user name or password,
+    without its fragment, and, unless private addresses are allowed, no IP-literal
+    host in a forbidden range. Host names are not resolved here: the session's
+    ``GuardedResolver`` checks them at connect time.
     """
     checked = _validated(url, shown=_shown(url))
     if not allow_private:
@@ -150,6 +186,8 @@ def _validated(url: URL, *, shown: str) -> URL:
         )
     if not url.raw_host:
         raise InvalidFeedURLError(f"{shown!r} has no host name: check the URL.")
+    if _url_has_userinfo(url):
+        raise InvalidFeedURLError(_CREDENTIALS_REFUSED)
     try:
         url.port  # noqa: B018 - yarl validates the port lazily
     except ValueError:
@@ -325,7 +363,11 @@ class Fetcher:
 
 def _shown(url: URL) -> str:
     """The URL as it may appear in messages and logs: without user name or password."""
-    return str(url.with_user(None)) if url.user or url.password else str(url)
+    return str(url.with_user(None)) if _url_has_userinfo(url) else str(url)
+
+
+def _url_has_userinfo(url: URL) -> bool:
+    return url.raw_user is not None or url.raw_password is not None
 
 
 def _redirect_target(response: aiohttp.ClientResponse, url: URL) -> URL:
@@ -335,16 +377,23 @@ def _redirect_target(response: aiohttp.ClientResponse, url: URL) -> URL:
             f"{_shown(url)} answered HTTP {response.status} (a redirect) without saying where to.",
             status=response.status,
         )
+    shown_location = redact_userinfo(location)[:200]
     try:
         target = url.join(URL(location))
     except (ValueError, TypeError):
         raise InvalidFeedURLError(
-            f"{_shown(url)} redirected to an invalid URL ({location[:200]!r}).",
+            f"{_shown(url)} redirected to an invalid URL ({shown_location!r}).",
             status=response.status,
         ) from None
     if target.scheme not in ("http", "https") or not target.raw_host:
         raise InvalidFeedURLError(
-            f"{_shown(url)} redirected to {location[:200]!r}, which is not an http(s) URL.",
+            f"{_shown(url)} redirected to {shown_location!r}, which is not an http(s) URL.",
+            status=response.status,
+        )
+    if _url_has_userinfo(target):
+        raise InvalidFeedURLError(
+            f"{_shown(url)} redirected to an address with a user name or password in it "
+            "(user:password@…), which the bot does not follow: it only reads public feeds.",
             status=response.status,
         )
     return _validated(target, shown=_shown(target))

@@ -9,7 +9,10 @@ Discord nor the database. Sources:
 * a local feed file: that one feed (a posts feed shows articles, a comments
   feed shows its comments grouped by article);
 * a local folder: every feed file in it together, e.g. a saved posts feed and
-  its comments feeds (``tests/fixtures/seed``).
+  its comments feeds (``tests/fixtures/seed``); a folder without one is an error.
+
+A thread whose comments were not read (no comments feed, or it failed) says
+"comments not loaded" and why, never "no comments".
 
 Discord timestamps (``<t:…:f>``), which Discord shows in each reader's own
 time zone, are shown here in the blog's own UTC offset.
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bot.discovery import discover_feed
 from bot.errors import BlogMirrorError, FeedError
@@ -40,6 +44,13 @@ DEFAULT_ARTICLES = 5
 MAX_COMMENT_PAGES = 10
 _TIMESTAMP = re.compile(r"<t:(-?\d+):[tTdDfFR]>")
 _FEED_SUFFIXES = {".xml", ".atom", ".rss", ".txt", ""}
+# The parser's messages speak of a fetched URL; for a file they are said of the file.
+_FILE_WORDING = (
+    (re.compile(r"\bThe (?:feed )?URL returned an empty body\b"), "The file is empty"),
+    (re.compile(r"\bThe (?:feed )?URL returned\b"), "The file holds"),
+    (re.compile(r"\bThe (?:feed )?URL did not return\b"), "The file is not"),
+    (re.compile(r"; use the blog's feed URL or its homepage\b"), ""),
+)
 
 
 @dataclass(slots=True)
@@ -51,6 +62,10 @@ class Blog:
     articles: dict[str, Article] = field(default_factory=dict)
     comments: dict[str, Comment] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unread: dict[str, str] = field(default_factory=dict)
+    """Article id → why its comments were not (all) read."""
+    unread_reason: str | None = None
+    """Why no article's comments were read, when none were (a lone posts file)."""
 
     def add(self, parsed: ParsedFeed) -> None:
         if parsed.kind == "posts" or not self.title:
@@ -74,23 +89,63 @@ async def run_preview(
 
 
 def load_local(path: Path) -> Blog:
+    """Read a feed file, or every feed file of a folder; raise ``BlogMirrorError`` when
+    there is nothing to show (errors name the file, never a URL)."""
     path = path.expanduser()
-    if not path.exists():
-        raise BlogMirrorError(f"No such file or folder: {path}")
+    try:
+        if not path.exists():
+            raise BlogMirrorError(f"No such file or folder: {path}")
+        if not path.is_dir():
+            return _load_files([path], folder=None)
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in _FEED_SUFFIXES and not p.name.startswith(".")
+        )
+    except OSError as exc:
+        raise BlogMirrorError(f"Cannot read {path}: {_os_reason(exc)}") from None
+    return _load_files(files, folder=path)
+
+
+def _load_files(files: list[Path], *, folder: Path | None) -> Blog:
+    """Parse each file; in a folder, one that fails is skipped with a note."""
     blog = Blog()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    kinds = set()
     for file in files:
-        if path.is_dir() and (
-            file.suffix.lower() not in _FEED_SUFFIXES or file.name.startswith(".")
-        ):
-            continue
         try:
-            blog.add(parse_feed(file.read_bytes(), file.resolve().as_uri()))
+            parsed = parse_feed(file.read_bytes(), file.resolve().as_uri())
+        except OSError as exc:
+            problem = f"cannot read the file: {_os_reason(exc)}"
         except FeedError as exc:
-            if not path.is_dir():
-                raise
-            blog.notes.append(f"skipped {file.name}: {exc}")
+            problem = _about_file(exc)
+        else:
+            blog.add(parsed)
+            kinds.add(parsed.kind)
+            continue
+        if folder is None:
+            raise BlogMirrorError(f"{file}: {problem}")
+        blog.notes.append(f"skipped {file.name}: {problem}")
+    if folder is not None and not kinds:
+        skipped = f" ({'; '.join(blog.notes)})" if blog.notes else ""
+        raise BlogMirrorError(f"No feed file in the folder {folder}{skipped}")
+    if "comments" not in kinds:
+        blog.unread_reason = (
+            "only this posts feed file was read"
+            if folder is None
+            else "the folder holds no comments feed"
+        )
     return blog
+
+
+def _about_file(exc: FeedError) -> str:
+    text = str(exc)
+    for pattern, replacement in _FILE_WORDING:
+        text = pattern.sub(replacement, text)
+    return text if "URL" not in text else "The file is not an RSS or Atom feed."
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 async def load_remote(url: str, settings: Settings, articles: int) -> Blog:
@@ -104,6 +159,8 @@ async def load_remote(url: str, settings: Settings, articles: int) -> Blog:
         for article in newest(posts.articles, articles):
             if article.comments_feed_url:
                 await _load_comments(fetcher, blog, article)
+            else:
+                blog.unread[article.id] = "the feed names no comments feed for this article"
     return blog
 
 
@@ -119,7 +176,7 @@ async def _load_comments(fetcher: Fetcher, blog: Blog, article: Article) -> None
         async for page in pages:
             blog.add(page)
     except FeedError as exc:
-        blog.notes.append(f"comments of “{article.title}”: {exc}")
+        blog.unread[article.id] = f"its comments feed failed: {exc}"
 
 
 def newest(articles: Iterable[Article], count: int) -> list[Article]:
@@ -140,7 +197,10 @@ def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
         by_article.setdefault(comment.article_id, []).append(comment)
     shown = newest(blog.articles.values(), articles)
     for article in shown:
-        lines += format_thread(article, by_article.pop(article.id, []), blog_title=blog.title)
+        unread = blog.unread.get(article.id, blog.unread_reason)
+        lines += format_thread(
+            article, by_article.get(article.id, []), blog_title=blog.title, unread=unread
+        )
     if len(blog.articles) > len(shown):
         lines.append("")
         lines.append(
@@ -148,15 +208,41 @@ def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
             "(a new subscription posts only the newest `backfill`)."
         )
     for article_id, comments in by_article.items():
+        if article_id in blog.articles:
+            continue  # an older article's, counted in the line above
         lines.append("")
-        lines.append(f"=== Comments on an article not in this feed: {article_id or '(unknown)'}")
+        lines.append(
+            "=== Comments on an article not in this feed: "
+            + (_article_link(comments) or article_id or "(unknown)")
+        )
         lines += format_comments(comments)
     return "\n".join(lines) + "\n"
 
 
+def _article_link(comments: Sequence[Comment]) -> str | None:
+    """The article's address, as the comments' permalinks all name it, if they do.
+
+    A permalink is the article's URL with a fragment (``#comment-3``, ``#c123``)
+    and, on Blogger, a ``showComment`` query parameter.
+    """
+    links = set()
+    for comment in comments:
+        parts = urlsplit(comment.permalink)
+        if parts.scheme not in ("http", "https"):
+            return None
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "showComment"]
+        links.add(urlunsplit(parts._replace(query=urlencode(query), fragment="")))
+    return links.pop() if len(links) == 1 else None
+
+
 def format_thread(
-    article: Article, comments: Sequence[Comment], *, blog_title: str = ""
+    article: Article,
+    comments: Sequence[Comment],
+    *,
+    blog_title: str = "",
+    unread: str | None = None,
 ) -> list[str]:
+    """The thread's lines; ``unread`` says why its comments were not (all) read."""
     rendered = render_article(article, blog_title=blog_title)
     zone = article.published.tzinfo
     lines = ["", f"=== Thread: {thread_name(article.title, article.published)}", ""]
@@ -165,8 +251,15 @@ def format_thread(
     if rendered.image_url:
         lines.append(f"[embed image: {rendered.image_url}]")
     lines.append("")
-    if comments:
+    if comments and unread:
+        lines.append(
+            f"--- {len(comments)} comment message(s), in posting order; "
+            f"the rest were not loaded: {unread}"
+        )
+    elif comments:
         lines.append(f"--- {len(comments)} comment message(s), in posting order")
+    elif unread:
+        lines.append(f"--- comments not loaded: {unread}")
     else:
         lines.append("--- no comments")
     lines += format_comments(comments)

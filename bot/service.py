@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.discovery import discover_feed
 from bot.errors import BlogMirrorError, FeedError
-from bot.fetch import Fetcher, check_url
+from bot.fetch import Fetcher, check_url, redact_userinfo
 from bot.ingest import Ingestor
 from bot.parse import parse_feed
 from bot.polling import FAILING_AFTER, Poller, PollOutcome
@@ -122,8 +122,8 @@ class BlogService:
                     matches.append(sub)
         if not matches:
             raise NotFoundError(
-                f"No subscription in this server matches {feed!r}: pick one from the list "
-                "(`/blog list`)."
+                f"No subscription in this server matches {redact_userinfo(feed)!r}: pick one "
+                "from the list (`/blog list`)."
             )
         if len(matches) > 1:
             channels = ", ".join(f"<#{sub.channel_id}>" for sub in matches)

@@ -232,3 +232,6 @@ def configure_logging(level: str) -> None:
     )
     logging.getLogger("discord.http").setLevel(logging.WARNING)
     logging.getLogger("discord.gateway").setLevel(logging.WARNING)
+    # Its only INFO line, "logging in using static token", would double each retried
+    # start-up attempt's own line (bot.startup).
+    logging.getLogger("discord.client").setLevel(logging.WARNING)

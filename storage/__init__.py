@@ -1,7 +1,7 @@
 """All SQL lives here: schema migrations, typed records, one repository per table family."""
 
 from storage.articles import ArticleRepo, CommentRepo
-from storage.db import Database, open_database
+from storage.db import Database, DatabaseCorruptError, open_database
 from storage.lock import DatabaseInUseError, DatabaseLock
 from storage.migrations import SCHEMA_VERSION, DatabaseTooNewError
 from storage.outbox import Outbox
@@ -12,6 +12,7 @@ __all__ = [
     "ArticleRepo",
     "CommentRepo",
     "Database",
+    "DatabaseCorruptError",
     "DatabaseInUseError",
     "DatabaseLock",
     "DatabaseTooNewError",

@@ -27,6 +27,18 @@ from typing import Any, Protocol
 Row = Mapping[str, Any]
 """A result row: ``row["column"]`` and ``row[index]`` both work in either backend."""
 
+class DatabaseCorruptError(Exception):
+    """The file is not a readable SQLite database: damaged, truncated or something else.
+
+    Nothing in it can be trusted, so the bot stops instead of guessing; the
+    operator restores a backup or moves the file aside.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a readable SQLite database ({reason})")
+        self.path = path
+        self.reason = reason
+
 
 class UniqueViolation(Exception):
     """An INSERT or UPDATE broke a UNIQUE constraint."""
@@ -58,7 +70,11 @@ class Database(abc.ABC):
 
     @classmethod
     async def open(cls, path: Path | str) -> Database:
-        """Open the SQLite file at ``path`` (creating folder and file), migrated."""
+        """Open the SQLite file at ``path`` (creating folder and file), migrated.
+
+        Raises ``DatabaseCorruptError`` when the file is not a readable SQLite
+        database (random bytes, a truncated copy).
+        """
         from storage.sqlite import SqliteDatabase
 
         return await SqliteDatabase.open(path)

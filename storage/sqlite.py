@@ -20,10 +20,14 @@ from typing import Any
 
 import aiosqlite
 
-from storage.db import Database, UniqueViolation
+from storage.db import Database, DatabaseCorruptError, UniqueViolation
 from storage.migrations import migrate_sqlite
 
 log = logging.getLogger(__name__)
+
+# Primary SQLite result codes that mean "these bytes are not a sound database".
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 
 @contextlib.contextmanager
@@ -86,6 +90,11 @@ class SqliteDatabase(Database):
             # old one, which would otherwise cascade into the rows that point at it.
             await migrate_sqlite(conn)
             await conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            if exc.sqlite_errorcode & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise DatabaseCorruptError(path, str(exc)) from exc
+            raise
         except BaseException:
             await conn.close()
             raise

@@ -3,6 +3,9 @@
 ``python -m tests.botprocess`` does what ``python -m bot`` does, after pointing
 discord.py at the double named by ``DOUBLE_URL``. Tests use it to kill the bot
 with SIGKILL at any instant and start it again on the same database.
+``TEST_START_RETRY_SECONDS`` (optional) sets the first delay between start-up
+attempts while the double cannot be reached (``bot.startup.RETRY``; the cap is
+four times it), so those tests take fractions of a second, not minutes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import discord
 import yarl
 
 import storage.leases
+from bot import startup
 from bot.__main__ import main
 
 if __name__ == "__main__":
@@ -25,4 +29,7 @@ if __name__ == "__main__":
     base = os.environ["DOUBLE_URL"]
     discord.http.Route.BASE = f"{base}/api/v10"
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(base.replace("http", "ws") + "/ws")
+    if "TEST_START_RETRY_SECONDS" in os.environ:
+        first = float(os.environ["TEST_START_RETRY_SECONDS"])
+        startup.RETRY = startup.Backoff(first=first, cap=4 * first)
     main(["run"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,54 @@ async def test_subscribe_refuses_duplicates_bad_urls_and_missing_feeds(harness: 
     assert "404" in text_of(missing)
     for record in (again, ftp, missing):
         assert "Traceback" not in text_of(record)
+
+
+async def test_subscribe_refuses_credentials_and_keeps_them_nowhere(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A feed URL with user:password@ is refused in one line; afterwards the password is in
+    no reply, no log line (DEBUG included) and no byte of the database."""
+    secret = "S3cretPassw0rd"
+    caplog.set_level(logging.DEBUG)
+    # As bot.settings.configure_logging does in production: discord.py's gateway log,
+    # which would hold the raw interaction the moderator typed, stays at WARNING.
+    caplog.set_level(logging.WARNING, logger="discord.gateway")
+    url = serve_seed(harness).replace("http://", f"http://alice:{secret}@")
+
+    record = await harness.subscribe(url, harness.forum_id)
+    listing = await command(harness, "list")
+    status = await command(harness, "status", feed=url)
+
+    refusal = text_of(record)
+    assert refusal.startswith("❌") and "user name or password" in refusal
+    assert "\n" not in refusal
+    assert "No subscriptions" in text_of(listing)
+    assert harness.feeds.requests == []
+    for text in (refusal, text_of(listing), text_of(status), caplog.text):
+        assert secret not in text
+    if harness.database_url is None:
+        files = list(harness.database_path.parent.glob(harness.database_path.name + "*"))
+        assert harness.database_path in files
+        for file in files:
+            assert secret.encode() not in file.read_bytes()
+    else:  # every text column of every table
+        for table in ("subscriptions", "http_cache", "articles", "comments", "outbox"):
+            for row in harness.db.rows(f"SELECT * FROM {table}"):
+                assert secret not in repr(row), table
+
+
+async def test_subscribe_to_a_page_in_an_undecodable_charset_is_a_clear_error(
+    harness: Harness,
+) -> None:
+    """``Content-Type: text/html; charset=idna`` is answered with what is wrong, not with
+    the apology for an internal error."""
+    harness.feeds.route(
+        "/", "<html><head><title>Blog</title></head></html>", content_type="text/html; charset=idna"
+    )
+    record = await harness.subscribe(harness.feeds.url("/"), harness.forum_id)
+    reply = text_of(record)
+    assert reply.startswith("❌") and "character set" in reply
+    assert "Sorry" not in reply
 
 
 async def test_subscribe_names_missing_permissions(harness: Harness) -> None:

@@ -25,7 +25,14 @@ from bot.errors import (
     PermanentFeedError,
     TransientFeedError,
 )
-from bot.fetch import Fetcher, GuardedResolver, check_hop, check_url, create_session
+from bot.fetch import (
+    Fetcher,
+    GuardedResolver,
+    check_hop,
+    check_url,
+    create_session,
+    redact_userinfo,
+)
 from tests.feedserver import FIXTURES, HTML, FeedServer, free_port
 
 POSTS = (FIXTURES / "real" / "blogger_posts_thumbnails.atom.xml").read_bytes()
@@ -506,12 +513,82 @@ def test_check_url_normalises(given: str, expected: str | None) -> None:
     assert check_url(given) == (expected or given)
 
 
-def test_error_messages_hide_credentials() -> None:
-    """A password in a feed URL never ends up in an error shown to moderators."""
-    with pytest.raises(BlockedAddressError) as info:
-        check_hop(URL("http://user:secret@127.0.0.1/feed"), allow_private=False)
+SECRET = "S3cretPassw0rd"
 
-    assert "secret" not in str(info.value)
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://alice:{SECRET}@127.0.0.1/feed",
+        f"https://alice:{SECRET}@blog.example.com/feeds/posts/default",
+        f"HTTPS://{SECRET}@blog.example.com/",
+        f"https://:{SECRET}@blog.example.com/",
+        f"alice:{SECRET}@blog.example.com/feed",
+        f"https://alice:{SECRET}@[broken/feed",
+        f"https://alice:{SECRET}@blog.example.com:99999/feed",
+    ],
+)
+async def test_credentials_in_urls_are_refused_without_repeating_them(
+    fetcher: Fetcher, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user name or password in a feed URL is refused, and no error or log repeats it."""
+    caplog.set_level("DEBUG")
+    with pytest.raises(InvalidFeedURLError, match="user name or password") as checked:
+        check_url(url)
+    with pytest.raises(InvalidFeedURLError, match="user name or password") as fetched:
+        await fetcher.fetch(url)
+
+    for text in (str(checked.value), str(fetched.value), caplog.text):
+        assert SECRET not in text and "alice" not in text
+
+
+def test_hop_check_refuses_credentials() -> None:
+    """Every request target is checked for credentials, not only the URL a moderator typed."""
+    with pytest.raises(InvalidFeedURLError, match="user name or password") as info:
+        check_hop(URL(f"http://user:{SECRET}@127.0.0.1/feed"), allow_private=False)
+
+    assert SECRET not in str(info.value)
+
+
+async def test_redirect_to_a_url_with_credentials_is_refused(
+    server: FeedServer, fetcher: Fetcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server cannot make the bot send (or show, or log) credentials it names in Location."""
+    caplog.set_level("DEBUG")
+    server.route("/private", POSTS)
+    server.redirect("/feed", server.url("/private").replace("http://", f"http://bob:{SECRET}@"))
+
+    with pytest.raises(InvalidFeedURLError, match="user name or password") as info:
+        await fetcher.fetch(server.url("/feed"))
+
+    assert server.hits("/private") == 0
+    assert SECRET not in str(info.value) and SECRET not in caplog.text
+
+
+async def test_invalid_redirect_targets_are_shown_without_credentials(
+    server: FeedServer, fetcher: Fetcher
+) -> None:
+    """Even a Location that is no http(s) URL is repeated without what precedes its "@"."""
+    server.redirect("/feed", f"ftp://bob:{SECRET}@files.example/feed")
+
+    with pytest.raises(InvalidFeedURLError, match="not an http") as info:
+        await fetcher.fetch(server.url("/feed"))
+
+    assert SECRET not in str(info.value) and "ftp://***@files.example/feed" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (f"https://alice:{SECRET}@host/feed", "https://***@host/feed"),
+        (f"alice:{SECRET}@host", "***@host"),
+        ("https://host/feed?reply=a@b", "https://host/feed?reply=a@b"),
+        ("On Probation", "On Probation"),
+    ],
+)
+def test_redact_userinfo(text: str, shown: str) -> None:
+    """What precedes the host's "@" is masked; an "@" in the path or query is left alone."""
+    assert redact_userinfo(text) == shown
 
 
 # --- SSRF guard -----------------------------------------------------------------------------
@@ -589,7 +666,7 @@ async def test_name_resolving_to_loopback_is_refused_by_resolver(
     """'localhost' passes the literal check; the session's resolver stops it at connect time."""
     fetcher = await make_fetcher(allow_private=False)
 
-    with pytest.raises(BlockedAddressError, match=r"localhost resolves to a private address \(127"):
+    with pytest.raises(BlockedAddressError, match=r"localhost resolves to a private address;"):
         await fetcher.fetch(server.url("/feed").replace("127.0.0.1", "localhost"))
 
 
@@ -666,12 +743,48 @@ async def test_resolver_refuses_private_answers(host: str) -> None:
         await resolver.resolve(host, 80)
 
 
-async def test_resolver_refuses_scoped_link_local() -> None:
-    """A scope id does not hide a link-local address."""
+async def test_refusal_names_the_host_but_never_its_addresses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Any guild's moderator reads the refusal: it must not answer DNS questions about the
+    operator's network. The addresses go to the operator's log, at DEBUG."""
+    table = {"internal-db.corp": ["10.1.2.3", "fd00::7"]}
+    caplog.set_level("DEBUG", logger="bot.addresses")
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(allow_private=False, inner=FakeDNS(table))
+    )
+    async with aiohttp.ClientSession(connector=connector) as session:
+        fetcher = Fetcher(session, timeout=5, max_bytes=1_000_000, allow_private=False)
+        with pytest.raises(BlockedAddressError) as info:
+            await fetcher.fetch("http://internal-db.corp/feed")
+
+    assert str(info.value) == (
+        "The feed host internal-db.corp resolves to a private address; "
+        "set ALLOW_PRIVATE_ADDRESSES=true to allow it."
+    )
+    assert "10.1.2.3" in caplog.text and "fd00::7" in caplog.text
+
+
+@pytest.mark.parametrize("host", ["intranet.example", "rebind.example", "mapped.example"])
+async def test_resolver_refusals_hide_the_answers(host: str) -> None:
+    """Whatever the answers, the message holds none of them."""
     resolver = GuardedResolver(allow_private=False, inner=FakeDNS(DNS_TABLE))
 
-    with pytest.raises(BlockedAddressError, match="link-local"):
+    with pytest.raises(BlockedAddressError) as info:
+        await resolver.resolve(host, 80)
+
+    assert not any(address in str(info.value) for address in DNS_TABLE[host])
+
+
+async def test_resolver_refuses_scoped_link_local(caplog: pytest.LogCaptureFixture) -> None:
+    """A scope id does not hide a link-local address."""
+    resolver = GuardedResolver(allow_private=False, inner=FakeDNS(DNS_TABLE))
+    caplog.set_level("DEBUG", logger="bot.addresses")
+
+    with pytest.raises(BlockedAddressError, match=r"linklocal\.example resolves to a private"):
         await resolver.resolve("linklocal.example", 80)
+
+    assert "fe80::1 is link-local" in caplog.text
 
 
 async def test_resolver_allows_private_when_configured() -> None:
@@ -687,7 +800,7 @@ async def test_real_resolver_refuses_localhost() -> None:
     """The default inner resolver is guarded too ('localhost' is answered from /etc/hosts)."""
     resolver = GuardedResolver(allow_private=False)
 
-    with pytest.raises(BlockedAddressError, match=r"127\.0\.0\.1"):
+    with pytest.raises(BlockedAddressError, match="localhost resolves to a private address"):
         await resolver.resolve("localhost", 80, socket.AF_INET)
     await resolver.close()
 

@@ -61,6 +61,7 @@ class DiscordDouble:
         privileged_intents: int = 0,
         wait_timeout: float = 10.0,
         recommended_shards: int = 1,
+        port: int = 0,
     ) -> None:
         self.token = token
         self.nonce_window = nonce_window
@@ -91,7 +92,9 @@ class DiscordDouble:
             module.register(self.rest.router, self)
         self.interactions.register(self.rest.router)
         self.world.listeners.append(self.gateway.dispatch)
-        self.port = 0
+        self.port = port
+        """Where it listens: 0 picks a free port at start (a test may name one beforehand,
+        to start a bot pointed at a Discord that is not there yet)."""
         self._runner: web.AppRunner | None = None
         self._testers: dict[int, User] = {}
 
@@ -106,7 +109,7 @@ class DiscordDouble:
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
