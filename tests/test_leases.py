@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from storage import Database, SubscriptionRepo
 from storage.leases import Leases, SoleHolder, leases_for
+from tests.conftest import Harness
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -68,3 +71,29 @@ async def test_sqlite_needs_no_lease_rows(database: Database) -> None:
         assert isinstance(leases, SoleHolder) and database.transactions == before
     else:
         assert await Leases(database, "other").claim(ids, NOW) == set()
+
+
+# One process per SQLite database: another lease holder only exists with PostgreSQL.
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_command_answers_when_another_process_holds_the_lease(harness: Harness) -> None:
+    """/blog poll on a subscription another process is working on says so, and polls nothing."""
+    harness.feeds.fixture("/feeds/posts/default", "seed/posts.atom.xml")
+    harness.feeds.fixture("/feeds/comments/default", "seed/comments.atom.xml")
+    await harness.subscribe(harness.feeds.url("/feeds/posts/default"), harness.forum_id)
+    await harness.wait_idle()
+    [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
+    other = Leases(harness.bot.db, "another-host:42")
+    assert await other.claim([sub.id], datetime.now(UTC)) == {sub.id}
+    fetched = len(harness.feeds.requests)
+    record = await harness.double.invoke_command(
+        harness.guild_id, harness.text_id, "blog", "poll", {}
+    )
+    await record.wait_done()
+    assert "Another bot process is working on this blog" in "\n".join(record.contents)
+    assert len(harness.feeds.requests) == fetched
+    await other.release([sub.id])
+    record = await harness.double.invoke_command(
+        harness.guild_id, harness.text_id, "blog", "poll", {}
+    )
+    await record.wait_done()
+    assert "✅" in "\n".join(record.contents)
