@@ -39,7 +39,7 @@ from bot.settings import Settings
 DEFAULT_ARTICLES = 5
 MAX_COMMENT_PAGES = 10
 _TIMESTAMP = re.compile(r"<t:(-?\d+):[tTdDfFR]>")
-_FEED_SUFFIXES = {".xml", ".atom", ".rss", ".txt", ""}
+_FEED_SUFFIXES = {".xml", ".atom", ".rss", ".json", ".txt", ""}
 
 
 @dataclass(slots=True)
