@@ -3,10 +3,10 @@
 People paste homepages far more often than feed URLs. A feed URL is used as is;
 a Blogger blog (recognised by its generator tag, its blogspot.com host or its
 links to ``/feeds/posts/default``) gets its posts feed at that fixed path; any
-other page is searched for ``<link rel="alternate">`` feeds, preferring Atom
-and skipping comment feeds. Whatever is found is fetched and checked to really
-be a feed before it is returned, along with its body so the caller does not
-fetch it twice.
+other page is searched for ``<link rel="alternate">`` feeds, preferring Atom,
+then RSS, then JSON Feed, and skipping comment feeds. Whatever is found is
+fetched and checked to really be a feed before it is returned, along with its
+body so the caller does not fetch it twice.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Final
 
 from yarl import URL
 
+from bot.charset import decode_page
 from bot.errors import FeedError, NotAFeedError
 from bot.fetch import Fetcher, FetchResult
 from bot.rawxml import looks_like_feed
@@ -28,7 +29,11 @@ log = logging.getLogger(__name__)
 BLOGGER_POSTS_PATH: Final = "/feeds/posts/default"
 # A homepage may list several feeds; trying a few is enough and bounds the requests.
 MAX_CANDIDATES: Final = 3
-_FEED_TYPES: Final = {"application/atom+xml": 0, "application/rss+xml": 1}
+_FEED_TYPES: Final = {
+    "application/atom+xml": 0,
+    "application/rss+xml": 1,
+    "application/feed+json": 2,
+}
 # Comment feeds are announced with localised titles: "Comments Feed", "Kommentar-Feed",
 # "Flux des commentaires", "Feed de comentarios".
 _COMMENT_WORDS: Final = ("comment", "kommentar", "coment")
@@ -59,14 +64,8 @@ async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
         raise NotAFeedError(f"{page.url} answered with an empty page: paste the feed URL instead.")
 
     # A homepage can be megabytes of markup: parse it off the event loop.
-    try:
-        info = await asyncio.to_thread(_PageInfo.parse, body, page.content_type, page.url)
-    except (UnicodeError, LookupError):
-        # A charset Python knows but that cannot decode a page ("charset=idna").
-        raise NotAFeedError(
-            f"{page.url} could not be read: its Content-Type ({(page.content_type or '')[:100]}) "
-            "names a character set that cannot decode the page. Paste the feed URL instead."
-        ) from None
+    # An odd charset ("charset=idna") never raises: decode_page falls back safely.
+    info = await asyncio.to_thread(_PageInfo.parse, body, page.content_type, page.url)
     candidates = _feed_links(info)
     if _is_blogger(info, page.url):
         origin = URL(page.url).origin()
@@ -121,7 +120,7 @@ def _is_blogger(info: _PageInfo, page_url: str) -> bool:
 
 
 def _feed_links(info: _PageInfo) -> list[str]:
-    """The page's posts-feed links, Atom first, in document order within each type."""
+    """The page's posts-feed links, Atom, RSS then JSON Feed, in document order within each."""
     posts = [link for link in info.alternates if not link.is_comments]
     posts.sort(key=lambda link: _FEED_TYPES[link.type])  # stable: keeps document order
     urls: list[str] = []
@@ -154,23 +153,10 @@ class _PageInfo:
     @classmethod
     def parse(cls, body: bytes, content_type: str | None, page_url: str) -> _PageInfo:
         parser = _PageParser(URL(page_url))
-        parser.feed(body.decode(_charset(content_type), errors="replace"))
+        # The page's own charset when it is usable; a bogus one (idna) is detected past.
+        parser.feed(decode_page(body, content_type))
         parser.close()
         return parser.info
-
-
-def _charset(content_type: str | None) -> str:
-    """The charset named in Content-Type if Python knows it, else UTF-8."""
-    for param in (content_type or "").split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            charset = value.strip().strip("\"'")
-            try:
-                "".encode(charset)
-            except LookupError:
-                break
-            return charset
-    return "utf-8"
 
 
 class _PageParser(HTMLParser):

@@ -13,6 +13,9 @@ Rules worth knowing (SPEC §4-§6):
   that surfaces (feed reordering, back-dated posts) is skipped, never a flood.
 * Comments are only stored for articles that are mirrored. A comment that
   disappears from the feed is never treated as deleted: its message stays.
+* An entry the feed gives no date (``undated``) is dated when it is first
+  recorded, and a stored entry's date never changes: its thread name and its
+  place among the others stay put from poll to poll.
 * Blogger: one blog-wide comments request per poll, newest first, paging back
   through ``rel="next"`` until a page reaches known comments, comments older
   than the last poll's newest one, or comments older than every mirrored
@@ -32,7 +35,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from bot.errors import FeedError, PermanentFeedError
 from bot.fetch import Fetcher
@@ -53,6 +56,8 @@ from storage.records import (
 )
 
 log = logging.getLogger(__name__)
+
+EntryT = TypeVar("EntryT", Article, Comment)
 
 NEW_ARTICLE_GRACE = timedelta(hours=1)
 MODERATION_GRACE = timedelta(days=1)
@@ -142,8 +147,10 @@ class Ingestor:
 
     async def record_article(self, sub: Subscription, article: Article) -> None:
         """Store an article found by a resync as pending, or update it if known."""
-        row = new_article(article)
         known = await self.articles.known(sub.id, [article.id])
+        row = new_article(
+            _first_seen(article, self.clock()) if article.id not in known else article
+        )
         if article.id in known:
             if known[article.id].content_hash != row.content_hash:
                 await self.articles.update_content(sub.id, row)
@@ -223,6 +230,8 @@ class Ingestor:
         if not articles:
             return
         known = await self.articles.known(sub.id, [a.id for a in articles])
+        now = self.clock()
+        articles = [a if a.id in known else _first_seen(a, now) for a in articles]
         first_poll = sub.last_success_at is None
         newest_first = sorted(articles, key=lambda a: a.published, reverse=True)
         backfilled = {a.id for a in newest_first[: sub.backfill]} if first_poll else set()
@@ -304,7 +313,7 @@ class Ingestor:
             page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="comments")
             pages += 1
         await self._record_comments(sub, _unique(collected), summary)
-        newest = max((c.published for c in collected), default=None)
+        newest = max((c.published for c in collected if not c.undated), default=None)
         if newest is not None:
             # A comment dated in the future (a wrong clock, a broken feed) must not push
             # the mark past now, or later polls would stop paging back too early.
@@ -322,9 +331,11 @@ class Ingestor:
         comments: Sequence[Comment],
         oldest_mirrored: datetime | None,
     ) -> bool:
-        if not comments:
-            return True
-        oldest = min(c.published for c in comments)
+        dated = [c.published for c in comments if not c.undated]
+        if not dated:
+            # No dates to judge by: undated comments are new until they are known.
+            return not comments
+        oldest = min(dated)
         if oldest_mirrored is None or oldest < oldest_mirrored:
             # Comments cannot predate their article: nothing older concerns us.
             return True
@@ -364,6 +375,8 @@ class Ingestor:
         if not comments:
             return False
         known = await self.comments.known(sub.id, [c.id for c in comments])
+        now = self.clock()
+        comments = [c if c.id in known else _first_seen(c, now) for c in comments]
         comments = await self._resolve_threading(sub, comments, known)
         article_ids = {c.article_id for c in comments}
         articles = await self.articles.known(sub.id, article_ids)
@@ -422,6 +435,15 @@ class Ingestor:
                 comment = replace(comment, article_id=root, parent_id=target)
             resolved.append(comment)
         return resolved
+
+
+def _first_seen(entry: EntryT, now: datetime) -> EntryT:
+    """An undated entry, not yet recorded, dated now: the time it was first seen."""
+    if not entry.undated:
+        return entry
+    if isinstance(entry, Article):
+        return replace(entry, published=now, updated=now, undated=False)
+    return replace(entry, published=now, undated=False)
 
 
 def _unique(comments: Sequence[Comment]) -> list[Comment]:

@@ -33,6 +33,9 @@ class Article:
     image_url: str | None = None
     labels: tuple[str, ...] = ()
     comments_feed_url: str | None = None
+    undated: bool = False
+    """The feed gives no date: ``published`` is a stand-in until ingestion records the
+    time the entry was first seen, which then never changes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,8 @@ class Comment:
     permalink: str
     author_url: str | None = None
     removed: bool = False
+    undated: bool = False
+    """As for ``Article.undated``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,18 @@
 """Turn one fetched feed body into a dialect-neutral ParsedFeed.
 
 This is the only module that knows feedparser. It is synchronous and pure
-(callers run it with ``asyncio.to_thread``) and it never fetches anything:
-feedparser only ever sees bytes. A body either parses completely or raises a
-domain error; a partial parse would look like deleted comments downstream.
+(callers run it off the event loop) and it never fetches anything: feedparser
+only ever sees bytes. A body either parses completely or raises a domain
+error; a partial parse would look like deleted comments downstream.
+
+The body is decoded (``bot.charset``), checked (``bot.rawxml``) and repaired
+(``bot.xmlrepair``) first, so feedparser and the strict raw reader parse the
+same clean UTF-8 document. JSON Feeds go to ``bot.jsonfeed`` instead.
+
+feedparser's HTML sanitizer and relative-URI resolver are switched off: both
+run sgmllib regexes over every entry's HTML, at about a microsecond a byte and
+quadratic on unclosed comments (700 KB of ``&lt;!--`` took 24 s), and
+``bot.markdown`` already treats the HTML as hostile and resolves its links.
 
 Blogger, WordPress and generic RFC 4685 feeds name an entry's article and
 parent in different ways; ``_thread_position`` is where those rules live.
@@ -11,8 +20,6 @@ parent in different ways; ``_thread_position`` is where those rules live.
 
 from __future__ import annotations
 
-import calendar
-import email.utils
 import hashlib
 import html
 import io
@@ -21,14 +28,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import feedparser
 
 from bot import rawxml
+from bot.charset import decode_document
 from bot.errors import FeedParseError, NotAFeedError
+from bot.feedvalues import (
+    absolute,
+    feed_datetime,
+    split_url,
+    text_as_html,
+)
 from bot.images import choose_image
+from bot.jsonfeed import parse_json_feed
 from bot.models import Article, Comment, Dialect, ParsedFeed
+from bot.xmlrepair import repair_document
 
 __all__ = ["parse_feed"]
 
@@ -72,11 +88,14 @@ def parse_feed(
     ``article_id`` names the article of a per-post comments feed whose entries
     do not say which article they belong to.
     """
-    rawxml.check_document(body)
-    body = rawxml.fix_surrogate_references(body)
-    raw_entries = rawxml.read_raw_entries(body)
     base_url = url if urlsplit(url).scheme in ("http", "https") else None
-    parsed = _run_feedparser(body, base_url)
+    text = decode_document(body)
+    if text.lstrip(" \t\r\n").startswith("{"):
+        return parse_json_feed(text, base_url, kind=kind)
+    prolog = rawxml.check_document(text)
+    document = repair_document(text, prolog.end)
+    raw_entries = rawxml.read_raw_entries(document, base_url)
+    parsed = _run_feedparser(document, base_url)
     feed: Entry = parsed.feed
     dialect = _dialect(feed)
     entries, warnings = _unique_entries(parsed.entries, raw_entries)
@@ -90,7 +109,7 @@ def parse_feed(
         site_url=site_url,
         articles=tuple(_article(e, context) for e in entries) if kind == "posts" else (),
         comments=tuple(_comment(e, context) for e in entries) if kind == "comments" else (),
-        next_url=_absolute(base_url, _link(feed, "next")),
+        next_url=absolute(base_url, _link(feed, "next")),
         comments_feed_url=_blog_comments_feed(dialect, kind, url, site_url, _link(feed, "self")),
         warnings=tuple(warnings),
     )
@@ -99,32 +118,21 @@ def parse_feed(
 # --- feedparser ----------------------------------------------------------------------------------
 
 
-def _end_first_line(body: bytes) -> bytes:
-    """Put a line break after a leading ``<?…?>`` declaration.
-
-    feedparser looks for the encoding with ``^<\\?.*encoding=['"](.*?)['"].*\\?>``,
-    which backtracks in cubic time over a long first line (Blogger serves whole
-    feeds on one line) while holding the GIL: a 13 KB hostile feed froze the
-    event loop for seconds. Ending the line after the declaration bounds it.
-    """
-    start = body.find(b"<?", 0, 16)
-    end = body.find(b"?>", start + 2, 1024) if start >= 0 else -1
-    if end < 0 or body[end + 2 : end + 3] in (b"\n", b"\r"):
-        return body
-    return body[: end + 2] + b"\n" + body[end + 2 :]
-
-
 def _run_feedparser(body: bytes, base_url: str | None) -> Any:
-    """Run feedparser on the bytes; any XML error means the body is unusable.
+    """Run feedparser on the repaired bytes; any XML error means the body is unusable.
 
     The headers are not sent anywhere: ``content-location`` lets feedparser
     resolve relative links, and the content type stops a NonXMLContentType flag.
     """
     headers = {"content-location": base_url, "content-type": "application/xml"}
-    body = _end_first_line(body)
     try:
         # A file object, because feedparser.parse() opens bytes that name a file.
-        parsed = feedparser.parse(io.BytesIO(body), response_headers=headers if base_url else None)
+        parsed = feedparser.parse(
+            io.BytesIO(body),
+            response_headers=headers if base_url else None,
+            sanitize_html=False,
+            resolve_relative_uris=False,
+        )
     except (ValueError, LookupError) as exc:
         # feedparser itself trips on some hostile bytes that expat accepts: a
         # namespace URI holding a tab or no-break space, a non-UTF-8 encoding name.
@@ -170,10 +178,14 @@ def _detect_kind(feed: Entry, dialect: Dialect, entries: Sequence[_Item]) -> Kin
 
 
 def _feed_date(feed: Entry) -> datetime:
-    """The date to give entries that carry none: the feed's own, else now."""
+    """The date to show for entries that carry none: the feed's own, else now.
+
+    Such entries are marked ``undated``: ingestion replaces this date with the
+    time it first saw them, which unlike this one never changes.
+    """
     return (
-        _datetime(_str(feed, "updated"), _own(feed, "updated_parsed"))
-        or _datetime(_str(feed, "published"), _own(feed, "published_parsed"))
+        feed_datetime(_str(feed, "updated"), _own(feed, "updated_parsed"))
+        or feed_datetime(_str(feed, "published"), _own(feed, "published_parsed"))
         or datetime.now(UTC)
     )
 
@@ -200,7 +212,7 @@ def _blogger_comments_feed(url: str, site_url: str | None) -> str | None:
             return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
         if _BLOGGER_COMMENTS_PATH.search(parts.path) and "/feeds/comments/" in parts.path:
             return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    site = _split(site_url or "")
+    site = split_url(site_url or "")
     if site is not None and site.scheme in ("http", "https") and site.netloc:
         return f"{site.scheme}://{site.netloc}/feeds/comments/default"
     return None
@@ -214,7 +226,7 @@ def _wordpress_comments_feed(
         return f"{site_url.rstrip('/')}/comments/feed/atom/"
     for candidate in (url, self_href or ""):
         home, found, _rest = candidate.partition("/comments/feed")
-        parts = _split(home)
+        parts = split_url(home)
         if found and parts is not None and parts.scheme in ("http", "https"):
             return f"{home}/comments/feed/atom/"
     return None
@@ -273,8 +285,8 @@ def _entry_id(entry: Entry) -> str:
 def _article(item: _Item, context: _Context) -> Article:
     """Build an Article from a posts-feed entry."""
     entry = item.entry
-    published, updated = _entry_dates(entry, context.fallback_date)
-    url = _absolute(context.base_url, _link(entry, "alternate") or _str(entry, "link")) or ""
+    published, updated, undated = _entry_dates(entry, context.fallback_date)
+    url = absolute(context.base_url, _link(entry, "alternate") or _str(entry, "link")) or ""
     body = _entry_html(entry, context.dialect)
     return Article(
         id=item.id,
@@ -284,16 +296,17 @@ def _article(item: _Item, context: _Context) -> Article:
         updated=updated,
         author=_author_name(entry),
         html=body,
-        image_url=_image_url(entry, body, url or context.base_url),
+        image_url=_image_url(entry, body, _content_base(entry) or url or context.base_url),
         labels=_labels(entry),
-        comments_feed_url=_absolute(context.base_url, _comments_feed(entry)),
+        comments_feed_url=absolute(context.base_url, _comments_feed(entry)),
+        undated=undated,
     )
 
 
 def _comment(item: _Item, context: _Context) -> Comment:
     """Build a Comment from a comments-feed entry."""
     entry = item.entry
-    published, _updated = _entry_dates(entry, context.fallback_date)
+    published, _updated, undated = _entry_dates(entry, context.fallback_date)
     article_id, parent_id = _thread_position(item, context)
     detail = entry.get("author_detail") or {}
     permalink = _link(entry, "alternate") or _str(entry, "link")
@@ -304,9 +317,10 @@ def _comment(item: _Item, context: _Context) -> Comment:
         author=_author_name(entry),
         published=published,
         html=_entry_html(entry, context.dialect),
-        permalink=_absolute(context.base_url, permalink) or "",
-        author_url=_absolute(context.base_url, str(detail.get("href") or "") or None),
+        permalink=absolute(context.base_url, permalink) or "",
+        author_url=absolute(context.base_url, str(detail.get("href") or "") or None),
         removed=item.raw.removed,
+        undated=undated,
     )
 
 
@@ -335,7 +349,7 @@ def _blogger_parent(comment_id: str, related_href: str | None) -> str | None:
     """Turn ``.../comments/default/5226945339900040673`` into a full Blogger comment id."""
     if not related_href:
         return None
-    parts = _split(related_href)
+    parts = split_url(related_href)
     if parts is None:
         return None
     segment = parts.path.rstrip("/").rpartition("/")[2]
@@ -348,60 +362,14 @@ def _blogger_parent(comment_id: str, related_href: str | None) -> str | None:
 # --- entry fields --------------------------------------------------------------------------------
 
 
-def _entry_dates(entry: Entry, fallback: datetime) -> tuple[datetime, datetime]:
-    """(published, updated), each falling back on the other, then on the feed's date."""
-    published = _datetime(_str(entry, "published"), _own(entry, "published_parsed"))
-    updated = _datetime(_str(entry, "updated"), _own(entry, "updated_parsed"))
+def _entry_dates(entry: Entry, fallback: datetime) -> tuple[datetime, datetime, bool]:
+    """(published, updated, undated): each date falls back on the other, then on the feed's."""
+    published = feed_datetime(_str(entry, "published"), _own(entry, "published_parsed"))
+    updated = feed_datetime(_str(entry, "updated"), _own(entry, "updated_parsed"))
+    if published is None and updated is None:
+        return fallback, fallback, True
     published = published or updated or fallback
-    return published, updated or published
-
-
-def _datetime(raw: str | None, parsed: Any) -> datetime | None:
-    """An aware datetime that keeps the feed's own UTC offset.
-
-    feedparser's ``*_parsed`` values are UTC struct_times that lose the offset,
-    so the raw string is parsed first (ISO 8601 for Atom, RFC 822 for RSS).
-    A zone RFC 822 cannot name falls back on feedparser's reading, as UTC.
-    A date that has no UTC equivalent (year 0, ``9999-12-31T23:00-05:00``) is no date.
-    """
-    if raw:
-        value = _iso_datetime(raw.strip()) or _rfc822_datetime(raw.strip())
-        if value is not None and value.tzinfo is not None:
-            return value if _has_utc_equivalent(value) else None
-        if value is not None and parsed is None:
-            return value.replace(tzinfo=UTC)
-    if parsed is not None:
-        try:
-            return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
-        except (ValueError, OverflowError, OSError):
-            return None
-    return None
-
-
-def _has_utc_equivalent(value: datetime) -> bool:
-    """False for aware datetimes that overflow when moved to UTC (storage needs UTC)."""
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        return False
-    return True
-
-
-def _iso_datetime(raw: str) -> datetime | None:
-    """ISO 8601 / RFC 3339; a date without a zone is taken as UTC."""
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _rfc822_datetime(raw: str) -> datetime | None:
-    """RFC 822 as in RSS; naive when the zone is unknown or ``-0000``."""
-    try:
-        return email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: a 30-digit year
-        return None
+    return published, updated or published, False
 
 
 def _entry_html(entry: Entry, dialect: Dialect) -> str:
@@ -423,6 +391,22 @@ def _entry_html(entry: Entry, dialect: Dialect) -> str:
     return ""
 
 
+def _content_base(entry: Entry) -> str | None:
+    """The base URI in scope where the entry's HTML sits (``xml:base``, else the feed's URL).
+
+    feedparser no longer makes the HTML's URLs absolute (its resolver is switched
+    off), so they are resolved against the base it recorded for the content.
+    """
+    details: list[Mapping[str, Any]] = [
+        *(entry.get("content") or []),
+        entry.get("summary_detail") or {},
+    ]
+    for detail in details:
+        if detail.get("value") and detail.get("base"):
+            return str(detail["base"])
+    return None
+
+
 def _as_html(value: str, content_type: Any, dialect: Dialect) -> str:
     """Escape plain text so it renders as written, its line breaks kept.
 
@@ -431,7 +415,7 @@ def _as_html(value: str, content_type: Any, dialect: Dialect) -> str:
     """
     if content_type in _HTML_TYPES or dialect is Dialect.BLOGGER:
         return value
-    return html.escape(value, quote=False).replace("\n", "<br />\n")
+    return text_as_html(value)
 
 
 def _author_name(entry: Entry) -> str:
@@ -468,7 +452,7 @@ def _comments_feed(entry: Entry) -> str | None:
 
 def _image_url(entry: Entry, body: str, base_url: str | None) -> str | None:
     """The feed's image for the post, else its first real ``<img>`` (see bot/images.py)."""
-    return choose_image(entry, body, lambda url: _absolute(base_url, url))
+    return choose_image(entry, body, lambda url: absolute(base_url, url))
 
 
 # --- small helpers -------------------------------------------------------------------------------
@@ -488,24 +472,6 @@ def _link(entry: Entry, rel: str) -> str | None:
         if link.get("rel") == rel and link.get("href"):
             return str(link["href"])
     return None
-
-
-def _absolute(base_url: str | None, href: str | None) -> str | None:
-    """Resolve ``href`` against the feed's URL when it is an http(s) URL."""
-    if not href:
-        return None
-    try:
-        return urljoin(base_url, href) if base_url else href
-    except ValueError:  # a malformed URL in the feed, such as ``http://[oops/``
-        return None
-
-
-def _split(url: str) -> SplitResult | None:
-    """``urlsplit``, or None for a malformed URL from a feed (it raises ValueError)."""
-    try:
-        return urlsplit(url)
-    except ValueError:
-        return None
 
 
 def _str(entry: Entry, key: str) -> str | None:

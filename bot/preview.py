@@ -43,7 +43,7 @@ from bot.settings import Settings
 DEFAULT_ARTICLES = 5
 MAX_COMMENT_PAGES = 10
 _TIMESTAMP = re.compile(r"<t:(-?\d+):[tTdDfFR]>")
-_FEED_SUFFIXES = {".xml", ".atom", ".rss", ".txt", ""}
+_FEED_SUFFIXES = {".xml", ".atom", ".rss", ".json", ".txt", ""}
 # The parser's messages speak of a fetched URL; for a file they are said of the file.
 _FILE_WORDING = (
     (re.compile(r"\bThe (?:feed )?URL returned an empty body\b"), "The file is empty"),

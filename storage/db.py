@@ -27,6 +27,7 @@ from typing import Any, Protocol
 Row = Mapping[str, Any]
 """A result row: ``row["column"]`` and ``row[index]`` both work in either backend."""
 
+
 class DatabaseCorruptError(Exception):
     """The file is not a readable SQLite database: damaged, truncated or something else.
 

@@ -120,14 +120,15 @@ async def test_subscribe_refuses_credentials_and_keeps_them_nowhere(
 async def test_subscribe_to_a_page_in_an_undecodable_charset_is_a_clear_error(
     harness: Harness,
 ) -> None:
-    """``Content-Type: text/html; charset=idna`` is answered with what is wrong, not with
-    the apology for an internal error."""
+    """``Content-Type: text/html; charset=idna`` (a codec that cannot decode a page) is read
+    anyway, and a page naming no feed is answered with what is wrong, not with the apology
+    for an internal error."""
     harness.feeds.route(
         "/", "<html><head><title>Blog</title></head></html>", content_type="text/html; charset=idna"
     )
     record = await harness.subscribe(harness.feeds.url("/"), harness.forum_id)
     reply = text_of(record)
-    assert reply.startswith("❌") and "character set" in reply
+    assert reply.startswith("❌") and "feed" in reply
     assert "Sorry" not in reply
 
 

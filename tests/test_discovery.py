@@ -293,17 +293,3 @@ async def test_homepage_fetch_error_propagates(server: FeedServer, fetcher: Fetc
     """A URL that does not answer is the fetcher's error, unchanged."""
     with pytest.raises(PermanentFeedError, match="404"):
         await discover_feed(fetcher, server.url("/missing"))
-
-
-async def test_a_page_whose_charset_cannot_decode_it_is_a_clear_error(
-    server: FeedServer, fetcher: Fetcher
-) -> None:
-    """``charset=idna`` names a codec that cannot decode a page: a FeedError that says so,
-    not a UnicodeError escaping to the caller (and "something went wrong" in Discord)."""
-    page = BLOGGER_HOME.format(base=server.url("").rstrip("/"))
-    server.route("/", page, content_type="text/html; charset=idna")
-
-    with pytest.raises(NotAFeedError, match="character set") as info:
-        await discover_feed(fetcher, server.url("/"))
-
-    assert "charset=idna" in str(info.value)
