@@ -22,8 +22,7 @@ from tests.dbview import DatabaseView
 from tests.discord_double import DiscordDouble, RateLimits
 from tests.feedserver import FeedServer, guard_loopback_only
 from tests.pg import fresh_schema, require_postgres
-
-TEST_TOKEN = "discord-double-token-0123456789"
+from tests.processes import TEST_TOKEN
 
 
 class TestBot(BlogMirrorBot):

@@ -16,10 +16,11 @@ import pytest
 from bot.convert import comment_of
 from bot.preview import format_blog, load_local
 from bot.render import render_comment
-from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
+from storage import ArticleRepo, CommentRepo, Database
 from storage.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
 from storage.records import ArticleState, CommentState, NewArticle, NewComment
 from tests.feedserver import FIXTURES
+from tests.recording import add_subscription
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BST = timezone(timedelta(hours=1))
@@ -29,20 +30,7 @@ IST = timezone(timedelta(hours=5, minutes=30))
 
 async def article_row(db: Database) -> tuple[int, int]:
     """A subscription with one article: ``(subscription id, article row id)``."""
-    sub = await SubscriptionRepo(db).add(
-        guild_id=1,
-        channel_id=10,
-        feed_url="https://blog.example/feed",
-        blog_url=None,
-        blog_title="Blog",
-        dialect="blogger",
-        comments_feed_url=None,
-        mirror_comments=True,
-        backfill=1,
-        interval_seconds=300,
-        now=NOW,
-        next_poll_at=NOW,
-    )
+    sub = await add_subscription(db, now=NOW)
     articles = ArticleRepo(db)
     new = NewArticle("a1", "https://blog.example/a1", "A1", "Me", NOW, NOW, "", None, (), None, "h")
     await articles.insert_many(sub.id, [(new, ArticleState.PENDING)], now_text="t")

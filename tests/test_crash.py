@@ -25,8 +25,8 @@ from tests.dbview import DatabaseView
 from tests.discord_double import DiscordDouble
 from tests.feedgen import GenComment, at, blogger_comments, blogger_post, blogger_posts
 from tests.feedserver import FeedServer
+from tests.processes import bot_environment
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMENTS = 100
 NUMBER = re.compile(r"comment number (\d+)\b")
 
@@ -55,22 +55,15 @@ class World:
         self.database_path = database
 
     async def start_bot(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD")}
-        env.update(
-            {
-                "PYTHONPATH": str(ROOT),
-                "DOUBLE_URL": self.double.url,
-                "DISCORD_TOKEN": TEST_TOKEN,
-                "DATABASE_PATH": str(self.database_path),
-                "DATABASE_URL": self.database_url or "",
-                "ALLOW_PRIVATE_ADDRESSES": "true",
-                "DEV_GUILD_ID": str(self.guild.id),
-                "POLL_INTERVAL_SECONDS": "3600",
-                "LOG_LEVEL": "INFO",
-                # On PostgreSQL a killed process's leases block its subscriptions for
-                # one lease time: keep it short here.
-                "BLOGMIRROR_TEST_LEASE_SECONDS": "2",
-            }
+        env = bot_environment(
+            self.double.url,
+            DATABASE_PATH=str(self.database_path),
+            DATABASE_URL=self.database_url or "",
+            ALLOW_PRIVATE_ADDRESSES="true",
+            DEV_GUILD_ID=str(self.guild.id),
+            # On PostgreSQL a killed process's leases block its subscriptions for
+            # one lease time: keep it short here.
+            BLOGMIRROR_TEST_LEASE_SECONDS="2",
         )
         self.double.gateway.ready.clear()
         with self.log.open("ab") as log:

@@ -9,30 +9,13 @@ import pytest
 from storage import Database, SubscriptionRepo
 from storage.leases import Leases, SoleHolder, leases_for
 from tests.conftest import Harness
+from tests.recording import add_subscription
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
 
 async def subscriptions(db: Database, count: int) -> list[int]:
-    repo = SubscriptionRepo(db)
-    made = []
-    for n in range(count):
-        sub = await repo.add(
-            guild_id=1,
-            channel_id=10 + n,
-            feed_url=f"https://blog{n}.example/feed",
-            blog_url=None,
-            blog_title=f"Blog {n}",
-            dialect="atom",
-            comments_feed_url=None,
-            mirror_comments=True,
-            backfill=1,
-            interval_seconds=300,
-            now=NOW,
-            next_poll_at=NOW,
-        )
-        made.append(sub.id)
-    return made
+    return [(await add_subscription(db, channel=10 + n, now=NOW)).id for n in range(count)]
 
 
 async def test_one_holder_at_a_time_until_expiry_or_release(database: Database) -> None:

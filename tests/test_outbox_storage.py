@@ -26,6 +26,7 @@ from storage.records import (
     NewComment,
     Subscription,
 )
+from tests.recording import add_subscription
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -38,20 +39,7 @@ def db(database: Database) -> Database:
 
 async def setup(db: Database) -> tuple[Subscription, int, list[int]]:
     """A subscription, one article and three pending comments."""
-    sub = await SubscriptionRepo(db).add(
-        guild_id=1,
-        channel_id=10,
-        feed_url="https://blog.example/feed",
-        blog_url=None,
-        blog_title="Blog",
-        dialect="atom",
-        comments_feed_url=None,
-        mirror_comments=True,
-        backfill=1,
-        interval_seconds=300,
-        now=NOW,
-        next_poll_at=NOW,
-    )
+    sub = await add_subscription(db, now=NOW)
     articles, comments = ArticleRepo(db), CommentRepo(db)
     article = NewArticle(
         "a1", "https://blog.example/a1", "A1", "Me", NOW, NOW, "", None, (), None, "h"

@@ -19,9 +19,7 @@ from storage import DatabaseInUseError, DatabaseLock
 from storage.lock import lock_path_for
 from tests.conftest import TEST_TOKEN
 from tests.discord_double import DiscordDouble
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from tests.processes import bot_environment
 
 # -- the lock, in one process --------------------------------------------------------------
 
@@ -84,19 +82,11 @@ class Bots:
         self.processes: list[asyncio.subprocess.Process] = []
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD")}
-        env.update(
-            {
-                "PYTHONPATH": str(ROOT),
-                "DOUBLE_URL": self.double.url,
-                "DISCORD_TOKEN": TEST_TOKEN,
-                "DATABASE_PATH": "data/blogmirror.db",
-                "DEV_GUILD_ID": str(self.guild.id),
-                "POLL_INTERVAL_SECONDS": "3600",
-                "LOG_LEVEL": "INFO",
-            }
+        return bot_environment(
+            self.double.url,
+            DATABASE_PATH="data/blogmirror.db",
+            DEV_GUILD_ID=str(self.guild.id),
         )
-        return env
 
     async def start(self, **pipes: int) -> asyncio.subprocess.Process:
         log = (self.logs / f"bot{len(self.processes)}.log").open("ab")

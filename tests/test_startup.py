@@ -8,7 +8,6 @@ answering 401. ``TEST_START_RETRY_SECONDS`` makes the retries fast.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -21,8 +20,8 @@ from bot.startup import Backoff
 from tests.conftest import TEST_TOKEN
 from tests.discord_double import DiscordDouble
 from tests.feedserver import free_port
+from tests.processes import bot_environment
 
-ROOT = Path(__file__).resolve().parent.parent
 RETRY_LINE = re.compile(
     r"WARNING +bot\.startup: Discord unreachable \((.+)\); retrying in [\d.]+ s$"
 )
@@ -42,18 +41,11 @@ class BotProcess:
 
     @classmethod
     async def start(cls, tmp_path: Path, double_url: str, **env: str) -> BotProcess:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD")}
-        environment.update(
-            {
-                "PYTHONPATH": str(ROOT),
-                "DOUBLE_URL": double_url,
-                "DISCORD_TOKEN": TEST_TOKEN,
-                "DATABASE_PATH": "data/blogmirror.db",
-                "POLL_INTERVAL_SECONDS": "3600",
-                "LOG_LEVEL": "INFO",
-                "TEST_START_RETRY_SECONDS": "0.05",
-                **env,
-            }
+        environment = bot_environment(
+            double_url,
+            DATABASE_PATH="data/blogmirror.db",
+            TEST_START_RETRY_SECONDS="0.05",
+            **env,
         )
         process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -29,6 +29,7 @@ from storage.records import (
     Subscription,
     SubscriptionState,
 )
+from tests import recording
 from tests.recording import record_comment, record_thread
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -37,20 +38,7 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 async def add_subscription(
     repo: SubscriptionRepo, guild: int = 1, channel: int = 10
 ) -> Subscription:
-    return await repo.add(
-        guild_id=guild,
-        channel_id=channel,
-        feed_url="https://blog.example/feeds/posts/default",
-        blog_url="https://blog.example/",
-        blog_title="Example",
-        dialect="blogger",
-        comments_feed_url="https://blog.example/feeds/comments/default",
-        mirror_comments=True,
-        backfill=1,
-        interval_seconds=300,
-        now=NOW,
-        next_poll_at=NOW,
-    )
+    return await recording.add_subscription(repo.db, guild=guild, channel=channel, now=NOW)
 
 
 def article(entry_id: str, *, published: datetime = NOW, title: str = "Post") -> NewArticle:

@@ -10,7 +10,6 @@ subscriptions: every comment appears exactly once, in order, replies linked.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -27,8 +26,8 @@ from tests.discord_double import DiscordDouble
 from tests.feedgen import GenComment, at, blogger_comments, comment_id
 from tests.feedserver import FeedServer
 from tests.pg import fresh_schema, require_postgres
+from tests.processes import bot_environment
 
-ROOT = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"comment (\d+) of blog \w\b")
 FIRST, BURST = 40, 40
 LEASE_SECONDS = 3
@@ -63,20 +62,14 @@ class Processes:
         self.running: dict[str, asyncio.subprocess.Process] = {}
 
     async def start(self, name: str, shard_ids: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD")}
-        env.update(
-            {
-                "PYTHONPATH": str(ROOT),
-                "DOUBLE_URL": self.double.url,
-                "DISCORD_TOKEN": TEST_TOKEN,
-                "DATABASE_URL": self.database_url,
-                "SHARD_COUNT": "2",
-                "SHARD_IDS": shard_ids,
-                "ALLOW_PRIVATE_ADDRESSES": "true",
-                "POLL_INTERVAL_SECONDS": "2",
-                "LOG_LEVEL": "INFO",
-                "BLOGMIRROR_TEST_LEASE_SECONDS": str(LEASE_SECONDS),
-            }
+        env = bot_environment(
+            self.double.url,
+            DATABASE_URL=self.database_url,
+            SHARD_COUNT="2",
+            SHARD_IDS=shard_ids,
+            ALLOW_PRIVATE_ADDRESSES="true",
+            POLL_INTERVAL_SECONDS="2",
+            BLOGMIRROR_TEST_LEASE_SECONDS=str(LEASE_SECONDS),
         )
         with (self.tmp_path / f"{name}.log").open("ab") as log:
             self.running[name] = await asyncio.create_subprocess_exec(
