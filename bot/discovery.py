@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
+from dataclasses import dataclass
 from typing import Final
 
 from yarl import URL
 
 from bot.errors import FeedError, NotAFeedError
 from bot.fetch import Fetcher, FetchResult
+from bot.pagescan import BLOGGER_POSTS_PATH, FEED_TYPES, PageInfo, scan_page
 from bot.rawxml import looks_like_feed
 
 log = logging.getLogger(__name__)
 
-BLOGGER_POSTS_PATH: Final = "/feeds/posts/default"
 # A homepage may list several feeds; trying a few is enough and bounds the requests.
 MAX_CANDIDATES: Final = 3
-_FEED_TYPES: Final = {"application/atom+xml": 0, "application/rss+xml": 1}
-# Comment feeds are announced with localised titles: "Comments Feed", "Kommentar-Feed",
-# "Flux des commentaires", "Feed de comentarios".
-_COMMENT_WORDS: Final = ("comment", "kommentar", "coment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +44,8 @@ async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
     """Return the posts feed for ``url`` (a feed URL or a blog page).
 
     Raises ``NotAFeedError`` when the page names no feed, or when what it names
-    is not a feed; fetch failures propagate as the ``FeedError`` they are.
+    is not a feed; fetch failures propagate as the ``FeedError`` they are. The
+    page is read by ``bot/pagescan.py``: only its start, in linear time.
     """
     page = await fetcher.fetch(url)
     body = page.body or b""
@@ -58,8 +54,7 @@ async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
     if not body.strip():
         raise NotAFeedError(f"{page.url} answered with an empty page: paste the feed URL instead.")
 
-    # A homepage can be megabytes of markup: parse it off the event loop.
-    info = await asyncio.to_thread(_PageInfo.parse, body, page.content_type, page.url)
+    info = await asyncio.to_thread(scan_page, body, page.content_type, page.url)
     candidates = _feed_links(info)
     if _is_blogger(info, page.url):
         origin = URL(page.url).origin()
@@ -104,7 +99,7 @@ async def _fetch_feed(fetcher: Fetcher, candidates: list[str], *, blog_url: str)
     raise failures[0]
 
 
-def _is_blogger(info: _PageInfo, page_url: str) -> bool:
+def _is_blogger(info: PageInfo, page_url: str) -> bool:
     host = (URL(page_url).host or "").rstrip(".").lower()
     return (
         "blogger" in info.generator.lower()
@@ -113,92 +108,12 @@ def _is_blogger(info: _PageInfo, page_url: str) -> bool:
     )
 
 
-def _feed_links(info: _PageInfo) -> list[str]:
+def _feed_links(info: PageInfo) -> list[str]:
     """The page's posts-feed links, Atom first, in document order within each type."""
     posts = [link for link in info.alternates if not link.is_comments]
-    posts.sort(key=lambda link: _FEED_TYPES[link.type])  # stable: keeps document order
+    posts.sort(key=lambda link: FEED_TYPES[link.type])  # stable: keeps document order
     urls: list[str] = []
     for link in posts:
         if link.href not in urls:
             urls.append(link.href)
     return urls
-
-
-@dataclass(frozen=True, slots=True)
-class _AlternateLink:
-    type: str
-    href: str
-    title: str
-
-    @property
-    def is_comments(self) -> bool:
-        title = self.title.lower()
-        return any(word in title for word in _COMMENT_WORDS) or "/comments/" in self.href.lower()
-
-
-@dataclass
-class _PageInfo:
-    """What discovery needs from an HTML page."""
-
-    generator: str = ""
-    links_blogger_feed: bool = False
-    alternates: list[_AlternateLink] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, body: bytes, content_type: str | None, page_url: str) -> _PageInfo:
-        parser = _PageParser(URL(page_url))
-        parser.feed(body.decode(_charset(content_type), errors="replace"))
-        parser.close()
-        return parser.info
-
-
-def _charset(content_type: str | None) -> str:
-    """The charset named in Content-Type if Python knows it, else UTF-8."""
-    for param in (content_type or "").split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            charset = value.strip().strip("\"'")
-            try:
-                "".encode(charset)
-            except LookupError:
-                break
-            return charset
-    return "utf-8"
-
-
-class _PageParser(HTMLParser):
-    """Collects feed links and the generator from a page, tolerating broken HTML."""
-
-    def __init__(self, page_url: URL) -> None:
-        super().__init__(convert_charrefs=True)
-        self.base = page_url
-        self.host = page_url.host
-        self.info = _PageInfo()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attr = {name: value or "" for name, value in attrs}
-        href = attr.get("href", "").strip()
-        if tag == "base" and href:
-            self.base = self._resolve(href) or self.base
-        elif tag == "meta" and attr.get("name", "").lower() == "generator":
-            self.info.generator = attr.get("content", "")
-        elif tag in ("link", "a") and href:
-            resolved = self._resolve(href)
-            if resolved is None:
-                return
-            # Only the site's own feed counts: a blogroll may link to other Blogger blogs.
-            if resolved.host == self.host and resolved.path.rstrip("/") == BLOGGER_POSTS_PATH:
-                self.info.links_blogger_feed = True
-            rels = attr.get("rel", "").lower().split()
-            kind = attr.get("type", "").split(";")[0].strip().lower()
-            if tag == "link" and "alternate" in rels and kind in _FEED_TYPES:
-                self.info.alternates.append(
-                    _AlternateLink(type=kind, href=str(resolved), title=attr.get("title", ""))
-                )
-
-    def _resolve(self, href: str) -> URL | None:
-        try:
-            resolved = self.base.join(URL(href))
-        except (ValueError, TypeError):
-            return None
-        return resolved if resolved.scheme in ("http", "https") else None

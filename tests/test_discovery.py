@@ -293,3 +293,22 @@ async def test_homepage_fetch_error_propagates(server: FeedServer, fetcher: Fetc
     """A URL that does not answer is the fetcher's error, unchanged."""
     with pytest.raises(PermanentFeedError, match="404"):
         await discover_feed(fetcher, server.url("/missing"))
+
+
+CRAFTED_HOME = b"<html><head><title>x</title>" + b"<a " * 3_400_000  # 10 MB, no </head>
+
+
+@pytest.fixture
+async def big_fetcher() -> AsyncIterator[Fetcher]:
+    async with create_session(allow_private=True) as session:
+        yield Fetcher(session, timeout=60, max_bytes=11_000_000, allow_private=True)
+
+
+async def test_a_crafted_10_mb_homepage_is_answered_at_once(
+    server: FeedServer, big_fetcher: Fetcher
+) -> None:
+    """A page of ``<a `` repeated (quadratic for html.parser: hours) is read in moments."""
+    server.route("/", CRAFTED_HOME, content_type=HTML)
+
+    with pytest.raises(NotAFeedError, match="No feed found"):
+        await discover_feed(big_fetcher, server.url("/"))
