@@ -1,4 +1,4 @@
-"""Running the bot: open the database and HTTP session, start, stop cleanly on a signal."""
+"""Running the bot: open the database, HTTP sessions and worker pool, start, stop cleanly."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from bot.errors import AnotherInstanceError, BlogMirrorError
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
+from bot.untrusted import Untrusted, open_pool
 from storage import Database, DatabaseInUseError, DatabaseLock, DatabaseTooNewError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ async def _run_with_database(settings: Settings) -> None:
         raise BlogMirrorError(str(exc)) from None
     try:
         async with (
+            open_pool() as pool,
             create_session(allow_private=settings.allow_private_addresses) as session,
             aiohttp.ClientSession() as discord_session,
         ):
@@ -53,7 +55,9 @@ async def _run_with_database(settings: Settings) -> None:
             # Discord's own address, never a feed's: a session of its own, without
             # the feed fetcher's address guard.
             rest = DiscordRest(discord_session, token=settings.discord_token, pacer=Pacer())
-            bot = BlogMirrorBot(settings=settings, db=db, fetcher=fetcher, rest=rest)
+            bot = BlogMirrorBot(
+                settings=settings, db=db, fetcher=fetcher, rest=rest, untrusted=Untrusted(pool)
+            )
             stop = _install_signal_handlers(bot)
             try:
                 async with bot:

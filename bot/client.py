@@ -19,6 +19,7 @@ from bot.render import escape_text
 from bot.resync import Resyncer
 from bot.service import BlogService
 from bot.settings import Settings
+from bot.untrusted import Untrusted
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.records import Subscription, SubscriptionState
 
@@ -50,6 +51,7 @@ class BlogMirrorBot(commands.Bot):
         db: Database,
         fetcher: Fetcher,
         rest: DiscordRest,
+        untrusted: Untrusted,
         **options: Any,
     ) -> None:
         super().__init__(
@@ -65,10 +67,13 @@ class BlogMirrorBot(commands.Bot):
         self.articles = ArticleRepo(db)
         self.comments = CommentRepo(db)
         self.outbox = Outbox(db)
-        self.ingestor = Ingestor(fetcher, self.subscriptions, self.articles, self.comments)
+        self.untrusted = untrusted
+        self.ingestor = Ingestor(
+            fetcher, self.subscriptions, self.articles, self.comments, untrusted
+        )
         self.poller = Poller(self.ingestor, self.subscriptions)
         self.mirror = Mirror(
-            self, rest, self.subscriptions, self.articles, self.comments, self.outbox
+            self, rest, self.subscriptions, self.articles, self.comments, self.outbox, untrusted
         )
         self.service = BlogService(
             fetcher,
@@ -76,6 +81,7 @@ class BlogMirrorBot(commands.Bot):
             self.articles,
             self.ingestor,
             self.poller,
+            untrusted,
             default_interval=settings.poll_interval_seconds,
         )
         self.resyncer = Resyncer(

@@ -11,7 +11,6 @@ fetch it twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Final
@@ -20,8 +19,9 @@ from yarl import URL
 
 from bot.errors import FeedError, NotAFeedError
 from bot.fetch import Fetcher, FetchResult
-from bot.pagescan import BLOGGER_POSTS_PATH, FEED_TYPES, PageInfo, scan_page
+from bot.pagescan import BLOGGER_POSTS_PATH, FEED_TYPES, PageInfo
 from bot.rawxml import looks_like_feed
+from bot.untrusted import Untrusted
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,13 @@ class DiscoveredFeed:
     """The feed as fetched, so the caller can parse it without a second request."""
 
 
-async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
+async def discover_feed(fetcher: Fetcher, untrusted: Untrusted, url: str) -> DiscoveredFeed:
     """Return the posts feed for ``url`` (a feed URL or a blog page).
 
     Raises ``NotAFeedError`` when the page names no feed, or when what it names
     is not a feed; fetch failures propagate as the ``FeedError`` they are. The
-    page is read by ``bot/pagescan.py``: only its start, in linear time.
+    page is read by ``bot/pagescan.py`` in the worker pool: only its start, in
+    linear time, under a time limit.
     """
     page = await fetcher.fetch(url)
     body = page.body or b""
@@ -54,7 +55,7 @@ async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
     if not body.strip():
         raise NotAFeedError(f"{page.url} answered with an empty page: paste the feed URL instead.")
 
-    info = await asyncio.to_thread(scan_page, body, page.content_type, page.url)
+    info = await untrusted.scan_page(body, page.content_type, page.url)
     candidates = _feed_links(info)
     if _is_blogger(info, page.url):
         origin = URL(page.url).origin()

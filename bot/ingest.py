@@ -25,7 +25,6 @@ Rules worth knowing (SPEC §4-§6):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -38,7 +37,7 @@ from bot.errors import FeedError, PermanentFeedError
 from bot.fetch import Fetcher
 from bot.models import Article, Comment, Dialect, ParsedFeed
 from bot.paging import feed_pages
-from bot.parse import parse_feed
+from bot.untrusted import Untrusted
 from storage import ArticleRepo, CommentRepo, SubscriptionRepo
 from storage.articles import KnownEntry
 from storage.records import (
@@ -90,6 +89,7 @@ class Ingestor:
         subscriptions: SubscriptionRepo,
         articles: ArticleRepo,
         comments: CommentRepo,
+        untrusted: Untrusted,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_comment_pages: int = 40,
@@ -99,6 +99,7 @@ class Ingestor:
         self.subscriptions = subscriptions
         self.articles = articles
         self.comments = comments
+        self.untrusted = untrusted
         self.clock = clock
         self.max_comment_pages = max_comment_pages
         self.per_article_feeds = per_article_feeds
@@ -134,7 +135,10 @@ class Ingestor:
         self, sub: Subscription, matches: Callable[[Article], bool], *, max_pages: int = 20
     ) -> Article | None:
         """Page back through the posts feed (``rel="next"``) for an article."""
-        async for page in feed_pages(self.fetcher, sub.feed_url, kind="posts", max_pages=max_pages):
+        pages = feed_pages(
+            self.fetcher, self.untrusted, sub.feed_url, kind="posts", max_pages=max_pages
+        )
+        async for page in pages:
             for article in page.articles:
                 if matches(article):
                     return article
@@ -159,6 +163,7 @@ class Ingestor:
         summary = PollSummary()
         pages = feed_pages(
             self.fetcher,
+            self.untrusted,
             article.comments_feed_url,
             kind="comments",
             article_id=article.entry_id,
@@ -200,8 +205,8 @@ class Ingestor:
                 now=self.clock(),
             )
             return Fetched(url, None)
-        parsed = await asyncio.to_thread(
-            parse_feed, result.body, result.url, kind=kind, article_id=article_id
+        parsed = await self.untrusted.parse_feed(
+            result.body, result.url, kind=kind, article_id=article_id
         )
         self._pending_validators[(sub.id, url)] = HttpValidators(
             result.etag, result.last_modified, body_hash
@@ -301,7 +306,7 @@ class Ingestor:
             result = await self.fetcher.fetch(next_url)
             if result.body is None:
                 break
-            page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="comments")
+            page = await self.untrusted.parse_feed(result.body, result.url, kind="comments")
             pages += 1
         await self._record_comments(sub, _unique(collected), summary)
         newest = max((c.published for c in collected), default=None)

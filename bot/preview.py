@@ -1,7 +1,8 @@
 """``python -m bot preview URL``: show in the terminal what the bot would post.
 
-It uses the bot's own parsing, ordering and rendering, and touches neither
-Discord nor the database. Sources:
+It uses the bot's own parsing, ordering and rendering (in the bot's worker
+pool, under the same time limits), and touches neither Discord nor the
+database. Sources:
 
 * an http(s) URL: a blog homepage or feed, discovered and fetched as
   ``/blog subscribe`` would; each shown article's comments come from its own
@@ -32,9 +33,9 @@ from bot.fetch import Fetcher, create_session
 from bot.models import Article, Comment, ParsedFeed
 from bot.order import delivery_order, depth_of
 from bot.paging import feed_pages
-from bot.parse import parse_feed
-from bot.render import render_article, render_comment, thread_name
+from bot.render import thread_name
 from bot.settings import Settings
+from bot.untrusted import Untrusted, open_pool
 
 DEFAULT_ARTICLES = 5
 MAX_COMMENT_PAGES = 10
@@ -66,50 +67,63 @@ async def run_preview(
     source: str, settings: Settings, out: TextIO, *, articles: int = DEFAULT_ARTICLES
 ) -> None:
     """Load ``source`` and print its threads; raise ``BlogMirrorError`` on failure."""
-    if "://" in source:
-        blog = await load_remote(source, settings, articles)
-    else:
-        blog = await asyncio.to_thread(load_local, Path(source))
-    out.write(format_blog(blog, articles=articles))
+    async with open_pool() as pool:
+        untrusted = Untrusted(pool)
+        if "://" in source:
+            blog = await load_remote(source, settings, articles, untrusted)
+        else:
+            blog = await load_local(Path(source), untrusted)
+        out.write(await format_blog(blog, untrusted, articles=articles))
 
 
-def load_local(path: Path) -> Blog:
+async def load_local(path: Path, untrusted: Untrusted) -> Blog:
+    is_dir, files = await asyncio.to_thread(_feed_files, path)
+    blog = Blog()
+    for name, uri, body in files:
+        try:
+            blog.add(await untrusted.parse_feed(body, uri))
+        except FeedError as exc:
+            if not is_dir:
+                raise
+            blog.notes.append(f"skipped {name}: {exc}")
+    return blog
+
+
+def _feed_files(path: Path) -> tuple[bool, list[tuple[str, str, bytes]]]:
+    """Whether ``path`` is a folder, and its feed files' names, URIs and bodies."""
     path = path.expanduser()
     if not path.exists():
         raise BlogMirrorError(f"No such file or folder: {path}")
-    blog = Blog()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir() and (
-            file.suffix.lower() not in _FEED_SUFFIXES or file.name.startswith(".")
-        ):
-            continue
-        try:
-            blog.add(parse_feed(file.read_bytes(), file.resolve().as_uri()))
-        except FeedError as exc:
-            if not path.is_dir():
-                raise
-            blog.notes.append(f"skipped {file.name}: {exc}")
-    return blog
+    if not path.is_dir():
+        return False, [(path.name, path.resolve().as_uri(), path.read_bytes())]
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return True, [
+        (file.name, file.resolve().as_uri(), file.read_bytes())
+        for file in files
+        if file.suffix.lower() in _FEED_SUFFIXES and not file.name.startswith(".")
+    ]
 
 
-async def load_remote(url: str, settings: Settings, articles: int) -> Blog:
+async def load_remote(url: str, settings: Settings, articles: int, untrusted: Untrusted) -> Blog:
     blog = Blog()
     async with create_session(allow_private=settings.allow_private_addresses) as session:
         fetcher = Fetcher.from_settings(session, settings)
-        found = await discover_feed(fetcher, url)
+        found = await discover_feed(fetcher, untrusted, url)
         assert found.body.body is not None
-        posts = await asyncio.to_thread(parse_feed, found.body.body, found.feed_url)
+        posts = await untrusted.parse_feed(found.body.body, found.feed_url)
         blog.add(posts)
         for article in newest(posts.articles, articles):
             if article.comments_feed_url:
-                await _load_comments(fetcher, blog, article)
+                await _load_comments(fetcher, untrusted, blog, article)
     return blog
 
 
-async def _load_comments(fetcher: Fetcher, blog: Blog, article: Article) -> None:
+async def _load_comments(
+    fetcher: Fetcher, untrusted: Untrusted, blog: Blog, article: Article
+) -> None:
     pages = feed_pages(
         fetcher,
+        untrusted,
         article.comments_feed_url,
         kind="comments",
         article_id=article.id,
@@ -129,7 +143,7 @@ def newest(articles: Iterable[Article], count: int) -> list[Article]:
 # --- formatting -------------------------------------------------------------------------
 
 
-def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
+async def format_blog(blog: Blog, untrusted: Untrusted, *, articles: int = DEFAULT_ARTICLES) -> str:
     lines = [
         f"Blog: {blog.title or '(untitled)'} [{blog.dialect or 'unknown'} feed] — "
         f"{len(blog.articles)} article(s), {len(blog.comments)} comment(s)",
@@ -140,24 +154,25 @@ def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
         by_article.setdefault(comment.article_id, []).append(comment)
     shown = newest(blog.articles.values(), articles)
     for article in shown:
-        lines += format_thread(article, by_article.pop(article.id, []), blog_title=blog.title)
+        comments = by_article.pop(article.id, [])
+        lines += await format_thread(article, comments, untrusted, blog_title=blog.title)
     if len(blog.articles) > len(shown):
         lines.append("")
         lines.append(
             f"… and {len(blog.articles) - len(shown)} older article(s) not shown "
             "(a new subscription posts only the newest `backfill`)."
         )
-    for article_id, comments in by_article.items():
+    for article_id, orphans in by_article.items():
         lines.append("")
         lines.append(f"=== Comments on an article not in this feed: {article_id or '(unknown)'}")
-        lines += format_comments(comments)
+        lines += await format_comments(orphans, untrusted)
     return "\n".join(lines) + "\n"
 
 
-def format_thread(
-    article: Article, comments: Sequence[Comment], *, blog_title: str = ""
+async def format_thread(
+    article: Article, comments: Sequence[Comment], untrusted: Untrusted, *, blog_title: str = ""
 ) -> list[str]:
-    rendered = render_article(article, blog_title=blog_title)
+    rendered = await untrusted.render_article(article, blog_title=blog_title)
     zone = article.published.tzinfo
     lines = ["", f"=== Thread: {thread_name(article.title, article.published)}", ""]
     lines.append("--- article message")
@@ -169,11 +184,11 @@ def format_thread(
         lines.append(f"--- {len(comments)} comment message(s), in posting order")
     else:
         lines.append("--- no comments")
-    lines += format_comments(comments)
+    lines += await format_comments(comments, untrusted)
     return lines
 
 
-def format_comments(comments: Sequence[Comment]) -> list[str]:
+async def format_comments(comments: Sequence[Comment], untrusted: Untrusted) -> list[str]:
     ordered = delivery_order(
         comments, key=lambda c: c.id, parent=lambda c: c.parent_id, published=lambda c: c.published
     )
@@ -191,7 +206,7 @@ def format_comments(comments: Sequence[Comment]) -> list[str]:
             label = f"[{numbers[comment.id]}]"
         lines.append("")
         lines.append(f"{indent}{label}")
-        parts = render_comment(comment, parent_missing=missing)
+        parts = await untrusted.render_comment(comment, parent_missing=missing)
         for index, part in enumerate(parts):
             if index:
                 lines.append(f"{indent}  (continued, message {index + 1} of {len(parts)})")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 
-import discord
-import yarl
-
-from bot.__main__ import main
-
 if __name__ == "__main__":
+    # Imported here: the bot's worker processes import this module again (as
+    # "__mp_main__"), and need none of it.
+    import discord
+    import yarl
+
+    from bot.__main__ import main
+
     base = os.environ["DOUBLE_URL"]
     discord.http.Route.BASE = f"{base}/api/v10"
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(base.replace("http", "ws") + "/ws")

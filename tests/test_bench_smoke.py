@@ -95,14 +95,23 @@ def test_memory_reports_peak_rss(entry: list[str]) -> None:
         "subscriptions",
         "comments",
         "peak_rss_mb",
+        "workers_peak_rss_mb",
+        "total_peak_rss_mb",
         "baseline_rss_mb",
         "budget_mb",
         "ok",
     }
     assert report["benchmark"] == "memory"
     assert (report["subscriptions"], report["comments"]) == (20, 400)
-    assert_numbers(report, "peak_rss_mb", "baseline_rss_mb")
+    assert_numbers(
+        report, "peak_rss_mb", "workers_peak_rss_mb", "total_peak_rss_mb", "baseline_rss_mb"
+    )
     # The baseline is the same process before the work: the peak includes it.
     assert report["baseline_rss_mb"] <= report["peak_rss_mb"]
+    # The feeds were parsed in worker processes, which count in the total.
+    assert report["workers_peak_rss_mb"] > 0
+    assert (
+        report["total_peak_rss_mb"] >= report["peak_rss_mb"] + report["workers_peak_rss_mb"] - 0.2
+    )
     assert report["budget_mb"] == 150.0
     assert isinstance(report["ok"], bool)
