@@ -74,14 +74,28 @@ def test_loop_lag_reports_lag(entry: list[str]) -> None:
         "entries",
         "max_lag_ms",
         "p99_lag_ms",
+        "hostile_max_lag_ms",
+        "hostile_p99_lag_ms",
+        "hostile_seconds",
+        "hostile_comment_rendered",
         "baseline_max_lag_ms",
         "budget_ms",
         "ok",
     }
     assert report["benchmark"] == "loop_lag"
     assert report["entries"] == 50
-    assert_numbers(report, "max_lag_ms", "p99_lag_ms", "baseline_max_lag_ms")
+    assert_numbers(
+        report,
+        "max_lag_ms",
+        "p99_lag_ms",
+        "hostile_max_lag_ms",
+        "hostile_p99_lag_ms",
+        "hostile_seconds",
+        "baseline_max_lag_ms",
+    )
     assert report["p99_lag_ms"] <= report["max_lag_ms"]
+    assert report["hostile_p99_lag_ms"] <= report["hostile_max_lag_ms"]
+    assert isinstance(report["hostile_comment_rendered"], bool)
     assert report["budget_ms"] == 50.0
     assert isinstance(report["ok"], bool)
 
