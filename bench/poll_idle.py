@@ -44,6 +44,7 @@ from bot.fetch import Fetcher, create_session
 from bot.ingest import Ingestor, PollSummary
 from bot.polling import Poller
 from bot.settings import DEFAULTS
+from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
 from storage.records import HttpValidators, Subscription
 
@@ -78,6 +79,7 @@ async def measure(
         db = await Database.open(Path(tmp) / "bench.sqlite3")
         bot_session = create_session(allow_private=True)
         bare_session = create_session(allow_private=True)
+        pool = open_pool()  # never used: a 304 costs no parse
         try:
             subs = await _subscribe(db, server, subscriptions)
             fetcher = Fetcher(
@@ -87,7 +89,8 @@ async def measure(
                 allow_private=True,
             )
             repo = SubscriptionRepo(db)
-            poller = Poller(Ingestor(fetcher, repo, ArticleRepo(db), CommentRepo(db)), repo)
+            ingestor = Ingestor(fetcher, repo, ArticleRepo(db), CommentRepo(db), Untrusted(pool))
+            poller = Poller(ingestor, repo)
             pairs = [(s.feed_url, s.comments_feed_url or "") for s in subs]
 
             def bot_jobs(current: Sequence[Subscription]) -> list[Job]:
@@ -106,6 +109,7 @@ async def measure(
         finally:
             await bot_session.close()
             await bare_session.close()
+            await pool.close()
             await db.close()
     expected = subscriptions * REQUESTS_PER_POLL * (rounds + 1) * 2
     if server.stats is None or server.stats.not_modified != expected:

@@ -1,4 +1,4 @@
-"""Running the bot: open the database and HTTP session, start, stop cleanly on a signal."""
+"""Running the bot: open the database, HTTP sessions and worker pool, start, stop cleanly."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
 from bot.startup import login_when_reachable
+from bot.untrusted import Untrusted, open_pool
 from storage import (
     DatabaseCorruptError,
     DatabaseInUseError,
@@ -64,6 +65,7 @@ async def _run_with_database(settings: Settings) -> None:
         ) from None
     try:
         async with (
+            open_pool() as pool,
             create_session(allow_private=settings.allow_private_addresses) as session,
             aiohttp.ClientSession() as discord_session,
         ):
@@ -71,7 +73,9 @@ async def _run_with_database(settings: Settings) -> None:
             # Discord's own address, never a feed's: a session of its own, without
             # the feed fetcher's address guard.
             rest = DiscordRest(discord_session, token=settings.discord_token, pacer=Pacer())
-            bot = BlogMirrorBot(settings=settings, db=db, fetcher=fetcher, rest=rest)
+            bot = BlogMirrorBot(
+                settings=settings, db=db, fetcher=fetcher, rest=rest, untrusted=Untrusted(pool)
+            )
             stop = _install_signal_handlers(bot)
             try:
                 async with bot:

@@ -20,7 +20,7 @@ import re
 import charset_normalizer
 from charset_normalizer.constant import IANA_SUPPORTED
 
-__all__ = ["decode_document", "decode_page"]
+__all__ = ["decode_document", "python_codec"]
 
 _BOMS = (  # UTF-32 first: its little-endian BOM begins with UTF-16's
     (codecs.BOM_UTF32_BE, "utf-32-be"),
@@ -62,23 +62,13 @@ def decode_document(body: bytes) -> str:
     return _decode_ascii_compatible(body, _declared_charset(body))
 
 
-def decode_page(body: bytes, content_type: str | None) -> str:
-    """An HTML page's text, by its Content-Type charset when that is usable; never raises."""
-    declared = None
-    for param in (content_type or "").split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            declared = _python_codec(value.strip().strip("\"'"))
-    return _decode_ascii_compatible(body.removeprefix(codecs.BOM_UTF8), declared)
-
-
 def _declared_charset(body: bytes) -> str | None:
     """The Python codec for the XML declaration's ``encoding``, if it names a usable one."""
     match = _DECLARATION.match(body)
-    return _python_codec(match.group(1).decode("latin-1")) if match else None
+    return python_codec(match.group(1).decode("latin-1")) if match else None
 
 
-def _python_codec(label: str) -> str | None:
+def python_codec(label: str) -> str | None:
     """The codec for a charset label, or None when Python lacks it or it is not text."""
     try:
         name = codecs.lookup(label.strip()).name.replace("-", "_")

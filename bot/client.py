@@ -25,6 +25,7 @@ from bot.render import escape_text
 from bot.resync import Resyncer
 from bot.service import BlogService
 from bot.settings import Settings
+from bot.untrusted import Untrusted
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.leases import leases_for
 from storage.records import Subscription, SubscriptionState
@@ -68,6 +69,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         db: Database,
         fetcher: Fetcher,
         rest: DiscordRest,
+        untrusted: Untrusted,
         **options: Any,
     ) -> None:
         if settings.shard_count is not None:
@@ -90,10 +92,13 @@ class BlogMirrorBot(commands.AutoShardedBot):
         self.articles = ArticleRepo(db)
         self.comments = CommentRepo(db)
         self.outbox = Outbox(db)
-        self.ingestor = Ingestor(fetcher, self.subscriptions, self.articles, self.comments)
+        self.untrusted = untrusted
+        self.ingestor = Ingestor(
+            fetcher, self.subscriptions, self.articles, self.comments, untrusted
+        )
         self.poller = Poller(self.ingestor, self.subscriptions)
         self.mirror = Mirror(
-            self, rest, self.subscriptions, self.articles, self.comments, self.outbox
+            self, rest, self.subscriptions, self.articles, self.comments, self.outbox, untrusted
         )
         self.service = BlogService(
             fetcher,
@@ -101,6 +106,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
             self.articles,
             self.ingestor,
             self.poller,
+            untrusted,
             default_interval=settings.poll_interval_seconds,
         )
         self.resyncer = Resyncer(

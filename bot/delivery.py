@@ -39,8 +39,9 @@ from bot.outbox import (
     SendPolicy,
     send_once,
 )
-from bot.render import comment_key, render_comment
+from bot.render import comment_key
 from bot.threads import Channel, DiscordReader, forbidden_text
+from bot.untrusted import Untrusted
 from bot.writes import Planned, Writer
 from storage import ArticleRepo, CommentRepo, Outbox, SubscriptionRepo
 from storage.outbox import (
@@ -92,11 +93,13 @@ class Mirror:
         articles: ArticleRepo,
         comments: CommentRepo,
         outbox: Outbox,
+        untrusted: Untrusted,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.client = client
         self.rest = rest
+        self.untrusted = untrusted
         self.subscriptions = subscriptions
         self.articles = articles
         self.comments = comments
@@ -104,9 +107,9 @@ class Mirror:
         self.clock = clock
         # Every REST request is made inside ``async with pacer`` (the global limit).
         self.policy = SendPolicy(rest.pacer)
-        self.reader = DiscordReader(client, rest.pacer)
-        self.courier = Courier(outbox, comments, self.reader, self.policy, clock=clock)
-        self.writer = Writer(client, rest, self.reader, self.courier, self.policy)
+        self.reader = DiscordReader(client, rest.pacer, untrusted)
+        self.courier = Courier(outbox, comments, self.reader, self.policy, untrusted, clock=clock)
+        self.writer = Writer(client, rest, self.reader, self.courier, self.policy, untrusted)
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _lock(self, key: int) -> asyncio.Lock:
@@ -299,7 +302,7 @@ class Mirror:
 
         async def plan_next() -> Planned | None:
             for comment in queue:
-                planned = self._plan(sub, record, comment, parents, unavailable)
+                planned = await self._plan(sub, record, comment, parents, unavailable)
                 if comment.parts_sent < len(planned.parts):
                     return planned
                 # The text got shorter than the parts already sent: nothing more to send.
@@ -348,7 +351,7 @@ class Mirror:
             if opened:
                 intent = opened[0]
 
-    def _plan(
+    async def _plan(
         self,
         sub: Subscription,
         record: ArticleRecord,
@@ -362,7 +365,7 @@ class Mirror:
         if comment.parts_sent > 0:
             # Resumed or grown by an edit: the next part answers the comment's first one.
             reference = comment.message_id
-        parts = render_comment(
+        parts = await self.untrusted.render_comment(
             comment_of(comment, record.entry_id),
             key=comment_key(sub.id, comment.entry_id) if comment.keyed else None,
             parent_missing=missing,

@@ -3,40 +3,30 @@
 People paste homepages far more often than feed URLs. A feed URL is used as is;
 a Blogger blog (recognised by its generator tag, its blogspot.com host or its
 links to ``/feeds/posts/default``) gets its posts feed at that fixed path; any
-other page is searched for ``<link rel="alternate">`` feeds, preferring Atom,
-then RSS, then JSON Feed, and skipping comment feeds. Whatever is found is
-fetched and checked to really be a feed before it is returned, along with its
-body so the caller does not fetch it twice.
+other page is searched for ``<link rel="alternate">`` feeds, preferring Atom
+and skipping comment feeds. Whatever is found is fetched and checked to really
+be a feed before it is returned, along with its body so the caller does not
+fetch it twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
+from dataclasses import dataclass
 from typing import Final
 
 from yarl import URL
 
-from bot.charset import decode_page
 from bot.errors import FeedError, NotAFeedError
 from bot.fetch import Fetcher, FetchResult
+from bot.pagescan import BLOGGER_POSTS_PATH, FEED_TYPES, PageInfo
 from bot.rawxml import looks_like_feed
+from bot.untrusted import Untrusted
 
 log = logging.getLogger(__name__)
 
-BLOGGER_POSTS_PATH: Final = "/feeds/posts/default"
 # A homepage may list several feeds; trying a few is enough and bounds the requests.
 MAX_CANDIDATES: Final = 3
-_FEED_TYPES: Final = {
-    "application/atom+xml": 0,
-    "application/rss+xml": 1,
-    "application/feed+json": 2,
-}
-# Comment feeds are announced with localised titles: "Comments Feed", "Kommentar-Feed",
-# "Flux des commentaires", "Feed de comentarios".
-_COMMENT_WORDS: Final = ("comment", "kommentar", "coment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +40,13 @@ class DiscoveredFeed:
     """The feed as fetched, so the caller can parse it without a second request."""
 
 
-async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
+async def discover_feed(fetcher: Fetcher, untrusted: Untrusted, url: str) -> DiscoveredFeed:
     """Return the posts feed for ``url`` (a feed URL or a blog page).
 
     Raises ``NotAFeedError`` when the page names no feed, or when what it names
-    is not a feed; fetch failures propagate as the ``FeedError`` they are.
+    is not a feed; fetch failures propagate as the ``FeedError`` they are. The
+    page is read by ``bot/pagescan.py`` in the worker pool: only its start, in
+    linear time, under a time limit.
     """
     page = await fetcher.fetch(url)
     body = page.body or b""
@@ -63,9 +55,7 @@ async def discover_feed(fetcher: Fetcher, url: str) -> DiscoveredFeed:
     if not body.strip():
         raise NotAFeedError(f"{page.url} answered with an empty page: paste the feed URL instead.")
 
-    # A homepage can be megabytes of markup: parse it off the event loop.
-    # An odd charset ("charset=idna") never raises: decode_page falls back safely.
-    info = await asyncio.to_thread(_PageInfo.parse, body, page.content_type, page.url)
+    info = await untrusted.scan_page(body, page.content_type, page.url)
     candidates = _feed_links(info)
     if _is_blogger(info, page.url):
         origin = URL(page.url).origin()
@@ -110,7 +100,7 @@ async def _fetch_feed(fetcher: Fetcher, candidates: list[str], *, blog_url: str)
     raise failures[0]
 
 
-def _is_blogger(info: _PageInfo, page_url: str) -> bool:
+def _is_blogger(info: PageInfo, page_url: str) -> bool:
     host = (URL(page_url).host or "").rstrip(".").lower()
     return (
         "blogger" in info.generator.lower()
@@ -119,79 +109,12 @@ def _is_blogger(info: _PageInfo, page_url: str) -> bool:
     )
 
 
-def _feed_links(info: _PageInfo) -> list[str]:
-    """The page's posts-feed links, Atom, RSS then JSON Feed, in document order within each."""
+def _feed_links(info: PageInfo) -> list[str]:
+    """The page's posts-feed links, Atom first, in document order within each type."""
     posts = [link for link in info.alternates if not link.is_comments]
-    posts.sort(key=lambda link: _FEED_TYPES[link.type])  # stable: keeps document order
+    posts.sort(key=lambda link: FEED_TYPES[link.type])  # stable: keeps document order
     urls: list[str] = []
     for link in posts:
         if link.href not in urls:
             urls.append(link.href)
     return urls
-
-
-@dataclass(frozen=True, slots=True)
-class _AlternateLink:
-    type: str
-    href: str
-    title: str
-
-    @property
-    def is_comments(self) -> bool:
-        title = self.title.lower()
-        return any(word in title for word in _COMMENT_WORDS) or "/comments/" in self.href.lower()
-
-
-@dataclass
-class _PageInfo:
-    """What discovery needs from an HTML page."""
-
-    generator: str = ""
-    links_blogger_feed: bool = False
-    alternates: list[_AlternateLink] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, body: bytes, content_type: str | None, page_url: str) -> _PageInfo:
-        parser = _PageParser(URL(page_url))
-        # The page's own charset when it is usable; a bogus one (idna) is detected past.
-        parser.feed(decode_page(body, content_type))
-        parser.close()
-        return parser.info
-
-
-class _PageParser(HTMLParser):
-    """Collects feed links and the generator from a page, tolerating broken HTML."""
-
-    def __init__(self, page_url: URL) -> None:
-        super().__init__(convert_charrefs=True)
-        self.base = page_url
-        self.host = page_url.host
-        self.info = _PageInfo()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attr = {name: value or "" for name, value in attrs}
-        href = attr.get("href", "").strip()
-        if tag == "base" and href:
-            self.base = self._resolve(href) or self.base
-        elif tag == "meta" and attr.get("name", "").lower() == "generator":
-            self.info.generator = attr.get("content", "")
-        elif tag in ("link", "a") and href:
-            resolved = self._resolve(href)
-            if resolved is None:
-                return
-            # Only the site's own feed counts: a blogroll may link to other Blogger blogs.
-            if resolved.host == self.host and resolved.path.rstrip("/") == BLOGGER_POSTS_PATH:
-                self.info.links_blogger_feed = True
-            rels = attr.get("rel", "").lower().split()
-            kind = attr.get("type", "").split(";")[0].strip().lower()
-            if tag == "link" and "alternate" in rels and kind in _FEED_TYPES:
-                self.info.alternates.append(
-                    _AlternateLink(type=kind, href=str(resolved), title=attr.get("title", ""))
-                )
-
-    def _resolve(self, href: str) -> URL | None:
-        try:
-            resolved = self.base.join(URL(href))
-        except (ValueError, TypeError):
-            return None
-        return resolved if resolved.scheme in ("http", "https") else None

@@ -28,7 +28,6 @@ Rules worth knowing (SPEC §4-§6):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -41,7 +40,7 @@ from bot.errors import FeedError, PermanentFeedError
 from bot.fetch import Fetcher
 from bot.models import Article, Comment, Dialect, ParsedFeed
 from bot.paging import feed_pages
-from bot.parse import parse_feed
+from bot.untrusted import Untrusted
 from storage import ArticleRepo, CommentRepo, SubscriptionRepo
 from storage.articles import KnownEntry
 from storage.records import (
@@ -95,6 +94,7 @@ class Ingestor:
         subscriptions: SubscriptionRepo,
         articles: ArticleRepo,
         comments: CommentRepo,
+        untrusted: Untrusted,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_comment_pages: int = 40,
@@ -104,6 +104,7 @@ class Ingestor:
         self.subscriptions = subscriptions
         self.articles = articles
         self.comments = comments
+        self.untrusted = untrusted
         self.clock = clock
         self.max_comment_pages = max_comment_pages
         self.per_article_feeds = per_article_feeds
@@ -139,7 +140,10 @@ class Ingestor:
         self, sub: Subscription, matches: Callable[[Article], bool], *, max_pages: int = 20
     ) -> Article | None:
         """Page back through the posts feed (``rel="next"``) for an article."""
-        async for page in feed_pages(self.fetcher, sub.feed_url, kind="posts", max_pages=max_pages):
+        pages = feed_pages(
+            self.fetcher, self.untrusted, sub.feed_url, kind="posts", max_pages=max_pages
+        )
+        async for page in pages:
             for article in page.articles:
                 if matches(article):
                     return article
@@ -166,6 +170,7 @@ class Ingestor:
         summary = PollSummary()
         pages = feed_pages(
             self.fetcher,
+            self.untrusted,
             article.comments_feed_url,
             kind="comments",
             article_id=article.entry_id,
@@ -207,8 +212,8 @@ class Ingestor:
                 now=self.clock(),
             )
             return Fetched(url, None)
-        parsed = await asyncio.to_thread(
-            parse_feed, result.body, result.url, kind=kind, article_id=article_id
+        parsed = await self.untrusted.parse_feed(
+            result.body, result.url, kind=kind, article_id=article_id
         )
         self._pending_validators[(sub.id, url)] = HttpValidators(
             result.etag, result.last_modified, body_hash
@@ -310,7 +315,7 @@ class Ingestor:
             result = await self.fetcher.fetch(next_url)
             if result.body is None:
                 break
-            page = await asyncio.to_thread(parse_feed, result.body, result.url, kind="comments")
+            page = await self.untrusted.parse_feed(result.body, result.url, kind="comments")
             pages += 1
         await self._record_comments(sub, _unique(collected), summary)
         newest = max((c.published for c in collected if not c.undated), default=None)

@@ -34,8 +34,9 @@ import discord
 
 from bot.convert import comment_of
 from bot.pacing import Pacer
-from bot.render import comment_key, key_in, permalink_in, render_comment
+from bot.render import comment_key, key_in, permalink_in
 from bot.threads import Channel, DiscordReader
+from bot.untrusted import Untrusted
 from storage import CommentRepo, Outbox
 from storage.outbox import (
     Abandoned,
@@ -159,12 +160,14 @@ class Courier:
         comments: CommentRepo,
         reader: DiscordReader,
         policy: SendPolicy,
+        untrusted: Untrusted,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.outbox = outbox
         self.comments = comments
         self.reader = reader
+        self.untrusted = untrusted
         self.policy = policy
         self.clock = clock
 
@@ -262,7 +265,7 @@ class Courier:
                 if message is not None and message.id not in used:
                     used.add(message.id)
                     total = intent.total or len(
-                        render_comment(comment_of(comment, article_entry_id))
+                        await self.untrusted.render_comment(comment_of(comment, article_entry_id))
                     )
                     effect = PartPosted(message.id, total=total)
                     log.info(

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Literal
 
 from bot.fetch import Fetcher
 from bot.models import ParsedFeed
-from bot.parse import parse_feed
+from bot.untrusted import Untrusted
 
 
 async def feed_pages(
     fetcher: Fetcher,
+    untrusted: Untrusted,
     url: str | None,
     *,
     kind: Literal["posts", "comments"],
     article_id: str | None = None,
     max_pages: int,
 ) -> AsyncIterator[ParsedFeed]:
-    """Each page of a feed, parsed off the event loop, fetched only when asked for.
+    """Each page of a feed, parsed in the worker pool, fetched only when asked for.
 
     Stops at the last page, at a page seen before (a ``next`` loop) or after
     ``max_pages``; a failing page raises ``FeedError`` like any fetch.
@@ -30,8 +30,6 @@ async def feed_pages(
         result = await fetcher.fetch(url)
         if result.body is None:
             return
-        page = await asyncio.to_thread(
-            parse_feed, result.body, result.url, kind=kind, article_id=article_id
-        )
+        page = await untrusted.parse_feed(result.body, result.url, kind=kind, article_id=article_id)
         yield page
         url = page.next_url

@@ -1,7 +1,8 @@
 """``python -m bot preview URL``: show in the terminal what the bot would post.
 
-It uses the bot's own parsing, ordering and rendering, and touches neither
-Discord nor the database. Sources:
+It uses the bot's own parsing, ordering and rendering (in the bot's worker
+pool, under the same time limits), and touches neither Discord nor the
+database. Sources:
 
 * an http(s) URL: a blog homepage or feed, discovered and fetched as
   ``/blog subscribe`` would; each shown article's comments come from its own
@@ -36,9 +37,9 @@ from bot.fetch import Fetcher, create_session
 from bot.models import Article, Comment, ParsedFeed
 from bot.order import delivery_order, depth_of
 from bot.paging import feed_pages
-from bot.parse import parse_feed
-from bot.render import render_article, render_comment, thread_name
+from bot.render import thread_name
 from bot.settings import Settings
+from bot.untrusted import Untrusted, open_pool
 
 DEFAULT_ARTICLES = 5
 MAX_COMMENT_PAGES = 10
@@ -81,39 +82,47 @@ async def run_preview(
     source: str, settings: Settings, out: TextIO, *, articles: int = DEFAULT_ARTICLES
 ) -> None:
     """Load ``source`` and print its threads; raise ``BlogMirrorError`` on failure."""
-    if "://" in source:
-        blog = await load_remote(source, settings, articles)
-    else:
-        blog = await asyncio.to_thread(load_local, Path(source))
-    out.write(format_blog(blog, articles=articles))
+    async with open_pool() as pool:
+        untrusted = Untrusted(pool)
+        if "://" in source:
+            blog = await load_remote(source, settings, articles, untrusted)
+        else:
+            blog = await load_local(Path(source), untrusted)
+        out.write(await format_blog(blog, untrusted, articles=articles))
 
 
-def load_local(path: Path) -> Blog:
+async def load_local(path: Path, untrusted: Untrusted) -> Blog:
     """Read a feed file, or every feed file of a folder; raise ``BlogMirrorError`` when
     there is nothing to show (errors name the file, never a URL)."""
-    path = path.expanduser()
     try:
-        if not path.exists():
-            raise BlogMirrorError(f"No such file or folder: {path}")
-        if not path.is_dir():
-            return _load_files([path], folder=None)
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if p.is_file() and p.suffix.lower() in _FEED_SUFFIXES and not p.name.startswith(".")
-        )
+        folder, files = await asyncio.to_thread(_feed_files, path)
     except OSError as exc:
         raise BlogMirrorError(f"Cannot read {path}: {_os_reason(exc)}") from None
-    return _load_files(files, folder=path)
+    return await _load_files(files, untrusted, folder=folder)
 
 
-def _load_files(files: list[Path], *, folder: Path | None) -> Blog:
+def _feed_files(path: Path) -> tuple[Path | None, list[Path]]:
+    """The folder (None for one file), and the feed files to read."""
+    path = path.expanduser()
+    if not path.exists():
+        raise BlogMirrorError(f"No such file or folder: {path}")
+    if not path.is_dir():
+        return None, [path]
+    return path, sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in _FEED_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+async def _load_files(files: list[Path], untrusted: Untrusted, *, folder: Path | None) -> Blog:
     """Parse each file; in a folder, one that fails is skipped with a note."""
     blog = Blog()
     kinds = set()
     for file in files:
         try:
-            parsed = parse_feed(file.read_bytes(), file.resolve().as_uri())
+            body = await asyncio.to_thread(file.read_bytes)
+            parsed = await untrusted.parse_feed(body, file.resolve().as_uri())
         except OSError as exc:
             problem = f"cannot read the file: {_os_reason(exc)}"
         except FeedError as exc:
@@ -148,25 +157,28 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-async def load_remote(url: str, settings: Settings, articles: int) -> Blog:
+async def load_remote(url: str, settings: Settings, articles: int, untrusted: Untrusted) -> Blog:
     blog = Blog()
     async with create_session(allow_private=settings.allow_private_addresses) as session:
         fetcher = Fetcher.from_settings(session, settings)
-        found = await discover_feed(fetcher, url)
+        found = await discover_feed(fetcher, untrusted, url)
         assert found.body.body is not None
-        posts = await asyncio.to_thread(parse_feed, found.body.body, found.feed_url)
+        posts = await untrusted.parse_feed(found.body.body, found.feed_url)
         blog.add(posts)
         for article in newest(posts.articles, articles):
             if article.comments_feed_url:
-                await _load_comments(fetcher, blog, article)
+                await _load_comments(fetcher, untrusted, blog, article)
             else:
                 blog.unread[article.id] = "the feed names no comments feed for this article"
     return blog
 
 
-async def _load_comments(fetcher: Fetcher, blog: Blog, article: Article) -> None:
+async def _load_comments(
+    fetcher: Fetcher, untrusted: Untrusted, blog: Blog, article: Article
+) -> None:
     pages = feed_pages(
         fetcher,
+        untrusted,
         article.comments_feed_url,
         kind="comments",
         article_id=article.id,
@@ -186,7 +198,7 @@ def newest(articles: Iterable[Article], count: int) -> list[Article]:
 # --- formatting -------------------------------------------------------------------------
 
 
-def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
+async def format_blog(blog: Blog, untrusted: Untrusted, *, articles: int = DEFAULT_ARTICLES) -> str:
     lines = [
         f"Blog: {blog.title or '(untitled)'} [{blog.dialect or 'unknown'} feed] — "
         f"{len(blog.articles)} article(s), {len(blog.comments)} comment(s)",
@@ -198,8 +210,12 @@ def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
     shown = newest(blog.articles.values(), articles)
     for article in shown:
         unread = blog.unread.get(article.id, blog.unread_reason)
-        lines += format_thread(
-            article, by_article.get(article.id, []), blog_title=blog.title, unread=unread
+        lines += await format_thread(
+            article,
+            by_article.get(article.id, []),
+            untrusted,
+            blog_title=blog.title,
+            unread=unread,
         )
     if len(blog.articles) > len(shown):
         lines.append("")
@@ -207,15 +223,15 @@ def format_blog(blog: Blog, *, articles: int = DEFAULT_ARTICLES) -> str:
             f"… and {len(blog.articles) - len(shown)} older article(s) not shown "
             "(a new subscription posts only the newest `backfill`)."
         )
-    for article_id, comments in by_article.items():
+    for article_id, orphans in by_article.items():
         if article_id in blog.articles:
             continue  # an older article's, counted in the line above
         lines.append("")
         lines.append(
             "=== Comments on an article not in this feed: "
-            + (_article_link(comments) or article_id or "(unknown)")
+            + (_article_link(orphans) or article_id or "(unknown)")
         )
-        lines += format_comments(comments)
+        lines += await format_comments(orphans, untrusted)
     return "\n".join(lines) + "\n"
 
 
@@ -235,15 +251,16 @@ def _article_link(comments: Sequence[Comment]) -> str | None:
     return links.pop() if len(links) == 1 else None
 
 
-def format_thread(
+async def format_thread(
     article: Article,
     comments: Sequence[Comment],
+    untrusted: Untrusted,
     *,
     blog_title: str = "",
     unread: str | None = None,
 ) -> list[str]:
     """The thread's lines; ``unread`` says why its comments were not (all) read."""
-    rendered = render_article(article, blog_title=blog_title)
+    rendered = await untrusted.render_article(article, blog_title=blog_title)
     zone = article.published.tzinfo
     lines = ["", f"=== Thread: {thread_name(article.title, article.published)}", ""]
     lines.append("--- article message")
@@ -262,11 +279,11 @@ def format_thread(
         lines.append(f"--- comments not loaded: {unread}")
     else:
         lines.append("--- no comments")
-    lines += format_comments(comments)
+    lines += await format_comments(comments, untrusted)
     return lines
 
 
-def format_comments(comments: Sequence[Comment]) -> list[str]:
+async def format_comments(comments: Sequence[Comment], untrusted: Untrusted) -> list[str]:
     ordered = delivery_order(
         comments, key=lambda c: c.id, parent=lambda c: c.parent_id, published=lambda c: c.published
     )
@@ -284,7 +301,7 @@ def format_comments(comments: Sequence[Comment]) -> list[str]:
             label = f"[{numbers[comment.id]}]"
         lines.append("")
         lines.append(f"{indent}{label}")
-        parts = render_comment(comment, parent_missing=missing)
+        parts = await untrusted.render_comment(comment, parent_missing=missing)
         for index, part in enumerate(parts):
             if index:
                 lines.append(f"{indent}  (continued, message {index + 1} of {len(parts)})")

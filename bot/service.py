@@ -8,7 +8,6 @@ scoped to the invoking guild.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from bot.discovery import discover_feed
 from bot.errors import BlogMirrorError, FeedError
 from bot.fetch import Fetcher, check_url, redact_userinfo
 from bot.ingest import Ingestor
-from bot.parse import parse_feed
 from bot.polling import FAILING_AFTER, Poller, PollOutcome
+from bot.untrusted import Untrusted
 from storage import ArticleRepo, DuplicateSubscriptionError, SubscriptionRepo
 from storage.records import Subscription, SubscriptionState
 
@@ -49,6 +48,7 @@ class BlogService:
         articles: ArticleRepo,
         ingestor: Ingestor,
         poller: Poller,
+        untrusted: Untrusted,
         *,
         default_interval: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -58,6 +58,7 @@ class BlogService:
         self.articles = articles
         self.ingestor = ingestor
         self.poller = poller
+        self.untrusted = untrusted
         self.default_interval = default_interval
         self.clock = clock
 
@@ -81,9 +82,9 @@ class BlogService:
         existing = await self.subscriptions.find_in_guild(guild_id, url)
         if any(s.channel_id == channel_id for s in existing):
             raise BlogMirrorError("That blog is already mirrored in that channel.")
-        found = await discover_feed(self.fetcher, url)
+        found = await discover_feed(self.fetcher, self.untrusted, url)
         assert found.body.body is not None
-        feed = await asyncio.to_thread(parse_feed, found.body.body, found.feed_url, kind="posts")
+        feed = await self.untrusted.parse_feed(found.body.body, found.feed_url, kind="posts")
         if feed.kind != "posts":
             raise BlogMirrorError(
                 "That is a comments feed: subscribe the blog itself (its homepage or posts feed)."

@@ -18,7 +18,8 @@ import discord
 
 from bot.convert import article_of
 from bot.pacing import Pacer
-from bot.render import permalink_in, render_article, thread_name
+from bot.render import permalink_in, thread_name
+from bot.untrusted import Untrusted
 from storage.records import ArticleRecord
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,10 @@ Channel = discord.TextChannel | discord.ForumChannel
 class DiscordReader:
     """Paced lookups of the bot's own threads and messages."""
 
-    def __init__(self, client: discord.Client, pacer: Pacer) -> None:
+    def __init__(self, client: discord.Client, pacer: Pacer, untrusted: Untrusted) -> None:
         self.client = client
         self.pacer = pacer
+        self.untrusted = untrusted
 
     @property
     def me(self) -> int:
@@ -86,7 +88,7 @@ class DiscordReader:
         self, channel: discord.TextChannel, record: ArticleRecord, blog_title: str, since: datetime
     ) -> discord.Message | None:
         """The article's message in a text channel, posted after ``since``."""
-        footer = article_footer(record, blog_title)
+        footer = await article_footer(self.untrusted, record, blog_title)
         for message in await self.my_messages_since(channel, since):
             if is_article_message(message.content, footer):
                 return message
@@ -117,7 +119,7 @@ class DiscordReader:
             async for archived in forum.archived_threads(limit=HISTORY_WINDOW):
                 if archived.owner_id == self.me and archived.name == name:
                     candidates.append(archived)
-        footer = article_footer(record, blog_title)
+        footer = await article_footer(self.untrusted, record, blog_title)
         for thread in sorted(candidates, key=lambda t: t.id):
             try:
                 async with self.pacer:
@@ -144,9 +146,9 @@ def image_embed(image_url: str | None) -> discord.Embed | None:
     return discord.Embed().set_image(url=image_url)
 
 
-def article_footer(record: ArticleRecord, blog_title: str) -> str:
+async def article_footer(untrusted: Untrusted, record: ArticleRecord, blog_title: str) -> str:
     """The last line of the article's message: its own link line."""
-    rendered = render_article(article_of(record), blog_title=blog_title)
+    rendered = await untrusted.render_article(article_of(record), blog_title=blog_title)
     return rendered.content.rstrip().splitlines()[-1]
 
 

@@ -19,8 +19,9 @@ import discord
 from bot.convert import article_of, comment_of
 from bot.discord_rest import DiscordRest
 from bot.outbox import Courier, DeliveryError, Gone, Refusal, SendPolicy, send_once
-from bot.render import comment_key, render_article, render_comment, thread_name
+from bot.render import comment_key, thread_name
 from bot.threads import Channel, DiscordReader, forum_tags, image_embed
+from bot.untrusted import Untrusted
 from storage.outbox import (
     Abandoned,
     ArticleEdited,
@@ -73,17 +74,20 @@ class Writer:
         reader: DiscordReader,
         courier: Courier,
         policy: SendPolicy,
+        untrusted: Untrusted,
     ) -> None:
         self.client = client
         self.rest = rest
         self.reader = reader
         self.courier = courier
         self.policy = policy
+        self.untrusted = untrusted
 
     async def forum_post(
         self, sub: Subscription, forum: discord.ForumChannel, record: ArticleRecord
     ) -> Effect:
-        rendered = render_article(article_of(record), blog_title=sub.blog_title)
+        article = article_of(record)
+        rendered = await self.untrusted.render_article(article, blog_title=sub.blog_title)
         embed = image_embed(rendered.image_url)
         payload: dict[str, Any] = {
             "name": thread_name(record.title, record.published),
@@ -111,7 +115,9 @@ class Writer:
         """The article message (with a nonce), then the thread made from it."""
         starter = record.starter_message_id
         if starter is None:
-            rendered = render_article(article_of(record), blog_title=sub.blog_title)
+            rendered = await self.untrusted.render_article(
+                article_of(record), blog_title=sub.blog_title
+            )
             embed = image_embed(rendered.image_url) or discord.utils.MISSING
             [intent] = await self.courier.open(
                 [article_intent(sub, record, IntentKind.ARTICLE_MESSAGE)]
@@ -188,7 +194,7 @@ class Writer:
         comment: CommentRecord,
     ) -> Effect:
         assert comment.message_id is not None
-        parts = render_comment(
+        parts = await self.untrusted.render_comment(
             comment_of(comment, record.entry_id),
             key=comment_key(sub.id, comment.entry_id) if comment.keyed else None,
         )
@@ -234,7 +240,8 @@ class Writer:
     ) -> Effect:
         """Edit the article's message to its new content (``thread``: its forum post)."""
         assert record.starter_message_id is not None and record.thread_id is not None
-        rendered = render_article(article_of(record), blog_title=sub.blog_title)
+        article = article_of(record)
+        rendered = await self.untrusted.render_article(article, blog_title=sub.blog_title)
         host_id = record.thread_id if isinstance(channel, discord.ForumChannel) else channel.id
         message = self.client.get_partial_messageable(host_id).get_partial_message(
             record.starter_message_id

@@ -13,14 +13,16 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import discord
-import yarl
-
-import storage.leases
-from bot import startup
-from bot.__main__ import main
-
 if __name__ == "__main__":
+    # Imported here: the bot's worker processes import this module again (as
+    # "__mp_main__"), and need none of it.
+    import discord
+    import yarl
+
+    import storage.leases
+    from bot import startup
+    from bot.__main__ import main
+
     if "BLOGMIRROR_TEST_LEASE_SECONDS" in os.environ:
         # Tests that kill a process wait one lease time for its subscriptions: keep it short.
         storage.leases.LEASE_TIME = timedelta(

@@ -17,6 +17,7 @@ from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher, create_session
 from bot.pacing import Pacer
 from bot.settings import Settings
+from bot.untrusted import TimeLimits, Untrusted, open_pool
 from storage import Database, open_database
 from tests.dbview import DatabaseView
 from tests.discord_double import DiscordDouble, RateLimits
@@ -151,11 +152,13 @@ async def running_bot(
     database_url: str | None = None,
     double: DiscordDouble | None = None,
     feeds: FeedServer | None = None,
+    limits: TimeLimits | None = None,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
     """Start the double (unless given), the feed server and the bot; stop all after.
 
     ``database_url`` runs the bot on PostgreSQL (a URL from ``tests.pg.fresh_schema``).
+    The bot gets a worker pool of its own, as ``run_bot`` gives it, with ``limits``.
     """
     own_double = double is None
     double = double or DiscordDouble(token=TEST_TOKEN, rate_limits=rate_limits)
@@ -174,6 +177,7 @@ async def running_bot(
     try:
         with double.patched():
             async with (
+                open_pool() as pool,
                 create_session(allow_private=True) as session,
                 aiohttp.ClientSession() as discord_session,
             ):
@@ -182,7 +186,12 @@ async def running_bot(
                 )
                 rest = DiscordRest(discord_session, token=TEST_TOKEN, pacer=Pacer())
                 bot = TestBot(
-                    settings=config, db=db, fetcher=fetcher, rest=rest, guild_ready_timeout=0.05
+                    settings=config,
+                    db=db,
+                    fetcher=fetcher,
+                    rest=rest,
+                    untrusted=Untrusted(pool, limits),
+                    guild_ready_timeout=0.05,
                 )
                 bot.mirror.policy.retry_delay = 0.05
                 runner = asyncio.create_task(bot.start(TEST_TOKEN))
@@ -203,6 +212,13 @@ async def running_bot(
             await feeds.close()
         if own_double:
             await double.stop()
+
+
+@pytest.fixture
+async def untrusted() -> AsyncIterator[Untrusted]:
+    """The bot's parsing and rendering, in a worker pool of its own."""
+    async with open_pool() as pool:
+        yield Untrusted(pool)
 
 
 @pytest.fixture

@@ -74,14 +74,28 @@ def test_loop_lag_reports_lag(entry: list[str]) -> None:
         "entries",
         "max_lag_ms",
         "p99_lag_ms",
+        "hostile_max_lag_ms",
+        "hostile_p99_lag_ms",
+        "hostile_seconds",
+        "hostile_comment_rendered",
         "baseline_max_lag_ms",
         "budget_ms",
         "ok",
     }
     assert report["benchmark"] == "loop_lag"
     assert report["entries"] == 50
-    assert_numbers(report, "max_lag_ms", "p99_lag_ms", "baseline_max_lag_ms")
+    assert_numbers(
+        report,
+        "max_lag_ms",
+        "p99_lag_ms",
+        "hostile_max_lag_ms",
+        "hostile_p99_lag_ms",
+        "hostile_seconds",
+        "baseline_max_lag_ms",
+    )
     assert report["p99_lag_ms"] <= report["max_lag_ms"]
+    assert report["hostile_p99_lag_ms"] <= report["hostile_max_lag_ms"]
+    assert isinstance(report["hostile_comment_rendered"], bool)
     assert report["budget_ms"] == 50.0
     assert isinstance(report["ok"], bool)
 
@@ -95,14 +109,23 @@ def test_memory_reports_peak_rss(entry: list[str]) -> None:
         "subscriptions",
         "comments",
         "peak_rss_mb",
+        "workers_peak_rss_mb",
+        "total_peak_rss_mb",
         "baseline_rss_mb",
         "budget_mb",
         "ok",
     }
     assert report["benchmark"] == "memory"
     assert (report["subscriptions"], report["comments"]) == (20, 400)
-    assert_numbers(report, "peak_rss_mb", "baseline_rss_mb")
+    assert_numbers(
+        report, "peak_rss_mb", "workers_peak_rss_mb", "total_peak_rss_mb", "baseline_rss_mb"
+    )
     # The baseline is the same process before the work: the peak includes it.
     assert report["baseline_rss_mb"] <= report["peak_rss_mb"]
+    # The feeds were parsed in worker processes, which count in the total.
+    assert report["workers_peak_rss_mb"] > 0
+    assert (
+        report["total_peak_rss_mb"] >= report["peak_rss_mb"] + report["workers_peak_rss_mb"] - 0.2
+    )
     assert report["budget_mb"] == 150.0
     assert isinstance(report["ok"], bool)

@@ -16,6 +16,7 @@ import pytest
 from bot.convert import comment_of
 from bot.preview import format_blog, load_local
 from bot.render import render_comment
+from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database
 from storage.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
 from storage.records import ArticleState, CommentState, NewArticle, NewComment
@@ -120,8 +121,10 @@ async def test_v2_database_migrates_and_old_comments_show_utc(tmp_path: Path) ->
         await db.close()
 
 
-def test_preview_shows_the_same_local_time_as_discord() -> None:
+async def test_preview_shows_the_same_local_time_as_discord() -> None:
     """The preview renders from parsed entries: its headers carry the same blog-local times."""
-    out = format_blog(load_local(FIXTURES / "seed"))
+    async with open_pool() as pool:
+        untrusted = Untrusted(pool)
+        out = await format_blog(await load_local(FIXTURES / "seed", untrusted), untrusted)
     assert "**Anonymous** · 18:08 · " in out
     assert "**Anonymous** · 07:45 · " in out

@@ -34,6 +34,7 @@ from bot.ingest import Ingestor
 from bot.models import ParsedFeed
 from bot.parse import parse_feed
 from bot.polling import Poller
+from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.records import ArticleState, Subscription
 from tests.feedgen import GenComment, at, blogger_comments
@@ -447,10 +448,14 @@ async def seed_blog(
         guard_loopback_only(patch)
         db = await Database.open(Path(folder) / "blogmirror.db")
         try:
-            async with FeedServer() as server, create_session(allow_private=True) as session:
+            async with (
+                FeedServer() as server,
+                create_session(allow_private=True) as session,
+                open_pool() as pool,
+            ):
                 fetcher = Fetcher(session, timeout=10, max_bytes=MAX_BYTES, allow_private=True)
                 subs, articles, comments = SubscriptionRepo(db), ArticleRepo(db), CommentRepo(db)
-                ingestor = Ingestor(fetcher, subs, articles, comments, clock=clock)
+                ingestor = Ingestor(fetcher, subs, articles, comments, Untrusted(pool), clock=clock)
                 server.route(POSTS, SEED_POSTS, etag='"posts-1"')
                 server.route(COMMENTS, SEED_COMMENTS, etag='"comments-1"')
                 created = datetime(2019, 4, 1, tzinfo=UTC)

@@ -12,6 +12,7 @@ from bot.errors import FeedParseError, NotAFeedError
 from bot.fetch import Fetcher, create_session
 from bot.ingest import Ingestor, PollSummary
 from bot.polling import DISABLE_AFTER, FAILING_AFTER, HealthChange, Poller
+from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.records import ArticleState, CommentState, Subscription, SubscriptionState
 from tests.feedgen import (
@@ -87,10 +88,14 @@ class Env:
 async def env(database: Database, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     guard_loopback_only(monkeypatch)
     db = database
-    async with FeedServer() as server, create_session(allow_private=True) as session:
+    async with (
+        FeedServer() as server,
+        create_session(allow_private=True) as session,
+        open_pool() as pool,
+    ):
         fetcher = Fetcher(session, timeout=10, max_bytes=1_000_000, allow_private=True)
         subs, articles, comments = SubscriptionRepo(db), ArticleRepo(db), CommentRepo(db)
-        ingestor = Ingestor(fetcher, subs, articles, comments)
+        ingestor = Ingestor(fetcher, subs, articles, comments, Untrusted(pool))
         yield Env(server, db, subs, articles, comments, ingestor, Poller(ingestor, subs))
 
 

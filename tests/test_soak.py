@@ -39,6 +39,7 @@ from bench.common import RouteSpec, ServerProcess, all_due
 from bot.fetch import Fetcher, create_session
 from bot.ingest import Ingestor
 from bot.polling import Poller, PollOutcome
+from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
 from storage.records import Subscription
 from tests.feedgen import GenComment, at, blogger_comments, blogger_post, blogger_posts
@@ -263,6 +264,7 @@ async def soak(tmp_path: Path, count: int) -> None:
     with ServerProcess(routes_for(blogs)) as server:
         db = await Database.open(tmp_path / "soak.sqlite3")
         session = create_session(allow_private=True)
+        pool = open_pool()
         try:
             repo = SubscriptionRepo(db)
             for i in range(count):
@@ -270,7 +272,9 @@ async def soak(tmp_path: Path, count: int) -> None:
             fetcher = Fetcher(
                 session, timeout=FETCH_TIMEOUT, max_bytes=10_000_000, allow_private=True
             )
-            poller = Poller(Ingestor(fetcher, repo, ArticleRepo(db), CommentRepo(db)), repo)
+            poller = Poller(
+                Ingestor(fetcher, repo, ArticleRepo(db), CommentRepo(db), Untrusted(pool)), repo
+            )
             tasks_before = len(asyncio.all_tasks())
             sockets_before = open_sockets()
             seen = server.update([])
@@ -307,6 +311,7 @@ async def soak(tmp_path: Path, count: int) -> None:
         finally:
             tracemalloc.stop()
             await session.close()
+            await pool.close()
             await db.close()
         await wait_for_closed(server.port)
         assert connections_to(server.port) == 0

@@ -17,6 +17,7 @@ from bot.fetch import Fetcher, create_session
 from bot.ingest import Ingestor
 from bot.polling import Poller
 from bot.render import thread_name
+from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
 from storage.records import ArticleRecord, ArticleState, Subscription
 from tests.feedserver import RSS, FeedServer, guard_loopback_only
@@ -82,10 +83,16 @@ async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     guard_loopback_only(monkeypatch)
     db = await Database.open(tmp_path / "blogmirror.db")
     now = [FIRST_POLL]
-    async with FeedServer() as server, create_session(allow_private=True) as session:
+    async with (
+        FeedServer() as server,
+        create_session(allow_private=True) as session,
+        open_pool() as pool,
+    ):
         fetcher = Fetcher(session, timeout=10, max_bytes=1_000_000, allow_private=True)
         subs, articles, comment_repo = SubscriptionRepo(db), ArticleRepo(db), CommentRepo(db)
-        ingestor = Ingestor(fetcher, subs, articles, comment_repo, clock=lambda: now[0])
+        ingestor = Ingestor(
+            fetcher, subs, articles, comment_repo, Untrusted(pool), clock=lambda: now[0]
+        )
         yield Env(server, subs, articles, comment_repo, Poller(ingestor, subs), now)
     await db.close()
 
