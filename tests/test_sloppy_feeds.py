@@ -20,6 +20,7 @@ from bot.fetch import Fetcher, create_session
 from bot.models import Dialect
 from bot.parse import parse_feed
 from bot.rawxml import looks_like_feed
+from bot.untrusted import Untrusted, open_pool
 from tests.feedserver import FIXTURES, HTML, FeedServer, guard_loopback_only
 
 SLOPPY = FIXTURES / "sloppy"
@@ -175,11 +176,15 @@ async def test_odd_page_charset_in_content_type_falls_back_safely(
 ) -> None:
     """``Content-Type: text/html; charset=idna`` once raised UnicodeError in discovery."""
     guard_loopback_only(monkeypatch)
-    async with FeedServer() as server, create_session(allow_private=True) as session:
+    async with (
+        FeedServer() as server,
+        create_session(allow_private=True) as session,
+        open_pool() as pool,
+    ):
         server.route("/", PAGE, content_type=f"text/html; charset={charset}")
         server.route("/feed.rss", _read("hebrew_undeclared.rss.xml"))
         fetcher = Fetcher(session, timeout=10, max_bytes=1_000_000, allow_private=True)
-        found = await discover_feed(fetcher, server.url("/"))
+        found = await discover_feed(fetcher, Untrusted(pool), server.url("/"))
     assert found.feed_url == server.url("/feed.rss")
 
 
@@ -279,11 +284,15 @@ async def test_discovery_follows_a_json_feed_link(monkeypatch: pytest.MonkeyPatc
         b'<html><head><link rel="alternate" type="application/feed+json" title="JSON" '
         b'href="/feed.json"></head><body></body></html>'
     )
-    async with FeedServer() as server, create_session(allow_private=True) as session:
+    async with (
+        FeedServer() as server,
+        create_session(allow_private=True) as session,
+        open_pool() as pool,
+    ):
         server.route("/", page, content_type=HTML)
         server.route("/feed.json", _read("jsonfeed_1_1.json"), content_type="application/feed+json")
         fetcher = Fetcher(session, timeout=10, max_bytes=1_000_000, allow_private=True)
-        found = await discover_feed(fetcher, server.url("/"))
+        found = await discover_feed(fetcher, Untrusted(pool), server.url("/"))
     assert (found.feed_url, found.blog_url) == (server.url("/feed.json"), server.url("/"))
 
 
