@@ -96,9 +96,10 @@ class Database(abc.ABC):
     async def write_one(self, sql: str, parameters: Sequence[Any] = ()) -> int:
         """One write statement, atomic on its own; returns the rows it changed."""
 
-    @abc.abstractmethod
     async def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """One statement over many rows in a single transaction."""
+        async with self.write() as tx:
+            await tx.executemany(sql, rows)
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -125,10 +125,6 @@ class PostgresDatabase(Database):
         self.transactions += 1
         return changed
 
-    async def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        async with self.write() as tx:
-            await tx.executemany(sql, rows)
-
     @asynccontextmanager
     async def write(self) -> AsyncIterator[_PostgresTransaction]:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -122,10 +122,6 @@ class SqliteDatabase(Database):
             self.transactions += 1
             return changed
 
-    async def write_batch(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        async with self.write() as tx:
-            await tx.executemany(sql, rows)
-
     @asynccontextmanager
     async def write(self) -> AsyncIterator[_SqliteTransaction]:
         async with self._write_lock:
