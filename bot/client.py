@@ -187,6 +187,9 @@ class BlogMirrorBot(commands.AutoShardedBot):
             if subscription_id not in got:
                 yield False
                 return
+        if not self.leases.shared:  # the only process: nothing to renew or release
+            yield True
+            return
         work = asyncio.current_task()
         renewer = asyncio.create_task(self._renew(subscription_id, work))
         try:

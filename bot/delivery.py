@@ -141,8 +141,11 @@ class Mirror:
                 failures.append(exc)
         article_ids = set(await self.comments.articles_with_pending(sub.id))
         article_ids |= set(await self.comments.articles_needing_edit(sub.id))
-        counts = await self.subscriptions.counts(sub.id)
-        counter = _Counter(counts.pending_comments, progress)
+        # The total only serves progress reports: no counting query on an ordinary poll.
+        total = 0
+        if progress is not None and article_ids:
+            total = (await self.subscriptions.counts(sub.id)).pending_comments
+        counter = _Counter(total, progress)
         gate = asyncio.Semaphore(THREAD_CONCURRENCY)
 
         async def one(article_id: int) -> None:

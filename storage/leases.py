@@ -31,6 +31,9 @@ LEASE_TIME = timedelta(seconds=90)
 class Leases:
     """Claims, renews and releases subscription leases for one holder."""
 
+    shared = True
+    """Other processes may hold leases too, so held ones must be renewed."""
+
     def __init__(self, db: Database, holder: str, *, lease_time: timedelta = LEASE_TIME) -> None:
         self.db = db
         self.holder = holder
@@ -89,6 +92,8 @@ class Leases:
 
 class SoleHolder(Leases):
     """SQLite: one process per database, so every claim is granted, nothing written."""
+
+    shared = False
 
     async def claim(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
         return set(subscription_ids)
