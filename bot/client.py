@@ -20,6 +20,7 @@ from bot.delivery import DeliveryError, DeliverySummary, Mirror, Progress
 from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher
 from bot.ingest import Ingestor
+from bot.metrics import Metrics
 from bot.polling import HealthChange, Poller, PollOutcome
 from bot.render import escape_text
 from bot.resync import Resyncer
@@ -70,8 +71,11 @@ class BlogMirrorBot(commands.AutoShardedBot):
         fetcher: Fetcher,
         rest: DiscordRest,
         untrusted: Untrusted,
+        metrics: Metrics,
         **options: Any,
     ) -> None:
+        # Every answer discord.py's HTTP client gets is seen by the metrics (429s, sends).
+        options.setdefault("http_trace", metrics.discord_trace)
         if settings.shard_count is not None:
             options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
@@ -85,6 +89,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         )
         self.settings = settings
         self.db = db
+        self.metrics = metrics
         # Who this process is, in the leases it holds (several may share PostgreSQL).
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.leases = leases_for(db, self.holder)
@@ -96,7 +101,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         self.ingestor = Ingestor(
             fetcher, self.subscriptions, self.articles, self.comments, untrusted
         )
-        self.poller = Poller(self.ingestor, self.subscriptions)
+        self.poller = Poller(self.ingestor, self.subscriptions, metrics=metrics)
         self.mirror = Mirror(
             self, rest, self.subscriptions, self.articles, self.comments, self.outbox, untrusted
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from enum import StrEnum
 
 from bot.errors import FeedError
 from bot.ingest import Ingestor, PollSummary
+from bot.metrics import Metrics, PollOutcomeLabel
 from storage import SubscriptionRepo
 from storage.records import Subscription, SubscriptionState
 
@@ -74,19 +76,24 @@ class Poller:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.subscriptions = subscriptions
         self.clock = clock
         self.rng = rng or random.Random()
+        self.metrics = metrics
 
     async def poll(self, sub: Subscription) -> PollOutcome:
         """Poll once; never raises for feed problems (they become the outcome)."""
+        started = time.perf_counter()
         try:
             summary = await self.ingestor.poll(sub)
         except FeedError as exc:
+            self._count(PollOutcomeLabel.of_error(exc), started)
             return await self.record_failure(sub, str(exc), exc.status, exc.retry_after)
-        except Exception:
+        except Exception as exc:
+            self._count(PollOutcomeLabel.of_error(exc), started)
             log.exception("Unexpected error while polling %s", sub.feed_url)
             return await self.record_failure(
                 sub,
@@ -94,6 +101,9 @@ class Poller:
                 None,
                 None,
             )
+        found = summary.new_articles + summary.changed_articles
+        found += summary.new_comments + summary.changed_comments
+        self._count(PollOutcomeLabel.CHANGED if found else PollOutcomeLabel.UNCHANGED, started)
         now = self.clock()
         next_poll_at = next_after_success(now, sub.interval_seconds, self.rng)
         await self.subscriptions.record_success(sub.id, now=now, next_poll_at=next_poll_at)
@@ -116,6 +126,10 @@ class Poller:
         for warning in summary.warnings:  # the poll succeeded, but not all of it
             log.info("Poll of %s: %s", sub.feed_url, warning)
         return PollOutcome(summary, None, 0, change)
+
+    def _count(self, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.polled(outcome, time.perf_counter() - started)
 
     async def record_failure(
         self,

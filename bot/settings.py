@@ -8,7 +8,9 @@ one go. The token is never part of any message or ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ DEFAULTS: Mapping[str, str] = {
     "DATABASE_URL": "",
     "SHARD_COUNT": "",
     "SHARD_IDS": "",
+    "WEB_PORT": "",
+    "WEB_HOST": "127.0.0.1",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -66,6 +70,9 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
+    web_port: int | None = None
+    """The health/metrics server's port; None: no server; 0: any free port (logged)."""
+    web_host: str = "127.0.0.1"
 
 
 def read_environment(environ: Mapping[str, str], dotenv_path: Path | None) -> dict[str, str]:
@@ -128,6 +135,11 @@ def load_settings(
     if values["SHARD_COUNT"].strip():
         shard_count = _integer(values, "SHARD_COUNT", problems, minimum=1, maximum=100_000)
     shard_ids = _shard_ids(values["SHARD_IDS"], shard_count, database_url, problems)
+    web_port = None
+    if values["WEB_PORT"].strip():
+        # 0 asks the system for a free port (tests, several bots on one machine).
+        web_port = _integer(values, "WEB_PORT", problems, minimum=0, maximum=65535)
+    web_host = _host(values["WEB_HOST"], problems)
 
     if problems:
         raise SettingsError(problems)
@@ -147,6 +159,8 @@ def load_settings(
         database_url=database_url,
         shard_count=shard_count,
         shard_ids=shard_ids,
+        web_port=web_port,
+        web_host=web_host,
     )
 
 
@@ -199,6 +213,23 @@ def _shard_ids(
         )
         return None
     return ids
+
+
+def _host(raw: str, problems: list[str]) -> str:
+    """``WEB_HOST``: an IP address (``0.0.0.0``, ``::``) or a host name to bind."""
+    host = raw.strip()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+            problems.append(
+                f"WEB_HOST must be an IP address or a host name such as 127.0.0.1 (got {raw!r})."
+            )
+    return host
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
 def _number(values: Mapping[str, str], name: str, problems: list[str]) -> float | None:

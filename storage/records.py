@@ -311,3 +311,13 @@ class SubscriptionCounts:
     pending_comments: int
     set_aside: int = 0
     latest_refusal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Work waiting across every subscription of a process's shards (``/metrics``)."""
+
+    pending_articles: int
+    pending_comments: int
+    set_aside_articles: int
+    set_aside_comments: int

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from storage.db import Database, UniqueViolation
 from storage.records import (
+    Backlog,
     HttpValidators,
     Subscription,
     SubscriptionCounts,
@@ -301,6 +302,30 @@ class SubscriptionRepo:
             set_aside=int(row[4]),
             latest_refusal=row[5],
         )
+
+    async def backlog(self, shards: Shards | None = None) -> Backlog:
+        """Pending and set-aside items of the guilds on ``shards`` (None: all), in one query.
+
+        Read at each ``/metrics`` scrape, never on a poll: a scan of the articles and
+        comments tables, milliseconds at the sizes of SPEC §7.
+        """
+        parameters = _shard_parameters(shards)
+        row = await self.db.fetchone(
+            f"""
+            SELECT
+                (SELECT count(*) FROM articles AS a JOIN subscriptions AS s
+                 ON s.id = a.subscription_id WHERE a.state = 'pending' AND {_ON_SHARDS}),
+                (SELECT count(*) FROM comments AS c JOIN subscriptions AS s
+                 ON s.id = c.subscription_id WHERE c.state = 'pending' AND {_ON_SHARDS}),
+                (SELECT count(*) FROM articles AS a JOIN subscriptions AS s
+                 ON s.id = a.subscription_id WHERE a.refusal IS NOT NULL AND {_ON_SHARDS}),
+                (SELECT count(*) FROM comments AS c JOIN subscriptions AS s
+                 ON s.id = c.subscription_id WHERE c.refusal IS NOT NULL AND {_ON_SHARDS})
+            """,
+            parameters * 4,
+        )
+        assert row is not None
+        return Backlog(*(int(value) for value in row))
 
     # --- HTTP validators -------------------------------------------------------------
 
