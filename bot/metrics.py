@@ -19,7 +19,14 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from bot.errors import FeedError
 from storage.records import Backlog
@@ -67,6 +74,8 @@ class Metrics:
         """When the polling loop last finished a round (``clock`` time), None before the first."""
         self.registry = CollectorRegistry()
         registry = self.registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, ...: read at scrape.
+        ProcessCollector(registry=registry)
         self.polls = Counter(
             "blogmirror_polls",
             "Feed polls finished, by outcome: changed, unchanged, transient_error, "
