@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
             "copy the file back to DATABASE_PATH."
         ),
     )
-    backup.add_argument("path", type=Path, help="the new file to write")
+    backup.add_argument("path", metavar="PATH", type=Path, help="the new file to write")
     migrate = commands.add_parser(
         "migrate-to-postgres",
         help="copy the SQLite database into an empty PostgreSQL database",

@@ -80,7 +80,7 @@ def migrate_to_postgres(settings: Settings, url: str, out: TextIO, err: TextIO) 
     width = max(len(table.name) for table in copied)
     print(f"Copied {database} into {redacted(url)}:", file=out)
     for table in copied:
-        print(f"  {table.name:<{width}}  {table.rows:>9,} rows", file=out)
+        print(f"  {table.name:<{width}}  {_count(table.rows, 'row'):>14}", file=out)
     print(
         "Row counts match in every table. Start the bot with this DATABASE_URL to carry on "
         f"from here; keep {database} as a backup, and do not run a bot on it again.",
