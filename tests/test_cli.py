@@ -337,3 +337,22 @@ def test_preview_of_a_folder_without_feeds_is_an_error(
     [line] = result.stderr.splitlines()
     assert line.startswith(f"blogmirror preview: No feed file in the folder {tmp_path}")
     assert "URL" not in line
+
+
+def test_help_names_the_token_and_the_settings_file(tmp_path: Path) -> None:
+    """``--help`` says a bot token (DISCORD_TOKEN) is needed and where settings are listed."""
+    result = run("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "DISCORD_TOKEN" in text
+    assert ".env.example" in text
+
+
+def test_run_help_says_what_running_does(tmp_path: Path) -> None:
+    """``run --help`` says it connects to Discord, polls feeds and mirrors comments, with
+    settings from the environment and .env."""
+    result = run("run", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for words in ("connects to Discord", "polls", "comments", "environment", ".env"):
+        assert words in text, text
