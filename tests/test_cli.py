@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -228,6 +229,26 @@ def test_a_damaged_database_stops_the_bot_with_one_line(tmp_path: Path, kind: st
     assert line.startswith("blogmirror: ") and "data/blogmirror.db" in line
     assert "backup" in line and "move it aside" in line
     assert database.read_bytes() == damaged
+
+
+def test_a_database_newer_than_the_code_stops_the_bot_with_one_line(tmp_path: Path) -> None:
+    """A database a newer blogmirror migrated (after a downgrade): exit 2, so a service
+    manager does not restart it in a loop, one line saying so, the schema left alone."""
+    from storage import SCHEMA_VERSION
+
+    (tmp_path / "data").mkdir()
+    database = tmp_path / "data" / "blogmirror.db"
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    env = {"DISCORD_TOKEN": "discord-double-token-0123456789", "LOG_LEVEL": "INFO"}
+    result = run(env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"blogmirror: The database is at schema version {SCHEMA_VERSION + 1}")
+    assert "Upgrade blogmirror" in line
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
 
 
 # --- preview: what was not read, and local files -----------------------------------------
