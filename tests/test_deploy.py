@@ -337,3 +337,19 @@ def test_the_systemd_unit_runs_the_bot_unprivileged_where_sqlite_can_write() -> 
     workdir = PurePosixPath(service["WorkingDirectory"])
     assert any(workdir.is_relative_to(path) for path in writable), writable
     assert "ProtectHome" in service and "NoNewPrivileges" in service
+
+
+def test_the_readme_invite_url_asks_for_what_subscribe_checks() -> None:
+    """The invite URL's permissions integer is exactly the set ``/blog subscribe`` checks."""
+    import discord
+
+    from cogs.commands import NEEDED
+
+    readme = (ROOT / "README.md").read_text()
+    [url] = re.findall(r"https://discord\.com/oauth2/authorize\?\S+", readme)
+    assert "scope=bot+applications.commands" in url
+    [granted] = re.findall(r"[?&]permissions=(\d+)", url)
+    assert int(granted) == discord.Permissions(**dict.fromkeys(NEEDED, True)).value
+    table = re.findall(r"^\| [A-Z][\w ]+ \| (\d+) \| (\d+) \|", readme, re.MULTILINE)
+    assert sum(int(value) for _, value in table) == int(granted)
+    assert all(int(value) == 1 << int(bit) for bit, value in table)
