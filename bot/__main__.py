@@ -25,10 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blogmirror",
         description="Mirror a blog's articles and comments into Discord threads.",
+        epilog=(
+            "Without a command it runs the bot. Running needs the bot token in "
+            "DISCORD_TOKEN. Settings come from the environment, then from .env in the "
+            "working directory; .env.example lists every one with its default."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"blogmirror {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("run", help="run the bot (the default)")
+    commands.add_parser(
+        "run",
+        help="run the bot (the default)",
+        description=(
+            "Run the bot until SIGTERM or Ctrl-C: connects to Discord as the bot "
+            "(DISCORD_TOKEN), polls every subscribed feed, opens a thread per new article "
+            "and mirrors new comments into it, and answers the /blog commands. Settings "
+            "come from the environment, then from .env in the working directory (the "
+            "environment wins); .env.example lists them all."
+        ),
+    )
     preview = commands.add_parser(
         "preview",
         help="print what the bot would post for a blog, without Discord or the database",

@@ -56,7 +56,7 @@ async def _run_with_database(settings: Settings) -> None:
     try:
         db = await open_database(path=settings.database_path, url=settings.database_url)
     except DatabaseTooNewError as exc:
-        # Restarting changes nothing until blogmirror is upgraded: exit 2, like a bad token.
+        # Written by a newer blogmirror: only an upgrade (or another database) helps.
         raise CannotStartError(str(exc)) from None
     except DatabaseCorruptError as exc:
         raise CannotStartError(
