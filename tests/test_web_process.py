@@ -3,6 +3,7 @@ absent without ``WEB_PORT``, and a clear exit when it cannot be served."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ from tests.conftest import TEST_TOKEN
 from tests.discord_double import DiscordDouble
 from tests.feedserver import free_port
 from tests.test_cli import run
+from tests.test_deploy import run_healthcheck
 from tests.test_startup import BotProcess, assert_clean
 
 SERVING = re.compile(r"Serving /healthz and /metrics on (http://\S+)$")
@@ -49,7 +51,8 @@ async def get(url: str) -> tuple[int, str]:
 
 async def test_a_bot_process_answers_503_until_discord_is_up_then_200(tmp_path: Path) -> None:
     """WEB_PORT=0: the server is up (its port logged) while Discord cannot be reached, and
-    says 503 "gateway not connected"; once the double starts and READY arrives, 200."""
+    says 503 "gateway not connected"; once the double starts and READY arrives, 200. The
+    image's HEALTHCHECK script agrees each time."""
     double = DiscordDouble(token=TEST_TOKEN, port=free_port())
     double.add_guild("Readers")
     bot = await BotProcess.start(tmp_path, double.url, WEB_PORT="0")
@@ -61,10 +64,14 @@ async def test_a_bot_process_answers_503_until_discord_is_up_then_200(tmp_path: 
         await bot.wait_until(lambda: len(bot.retries()) >= 1, "a failed log-in")
         status, body = await get(f"{url}/healthz")
         assert (status, body.splitlines()[0]) == (503, "unhealthy: gateway not connected")
+        port = url.rsplit(":", 1)[1]
+        check = await asyncio.to_thread(run_healthcheck, port)  # the image's HEALTHCHECK
+        assert check.returncode == 1 and "503" in check.stderr, check.stderr
         await double.start()
         await bot.wait_until(lambda: "Connected as" in bot.text, "the bot to connect")
         status, body = await get(f"{url}/healthz")
         assert (status, body.splitlines()[0]) == (200, "ok"), body
+        assert (await asyncio.to_thread(run_healthcheck, port)).returncode == 0
         status, body = await get(f"{url}/metrics")
         assert status == 200 and 'blogmirror_polls_total{outcome="changed"} 0.0' in body
         assert await bot.terminate() < 5
