@@ -10,8 +10,10 @@ import pytest
 
 from bot.errors import BlogMirrorError
 from tests.conftest import Harness, running_bot
+from tests.discord_double import DiscordDouble
 from tests.feedgen import GenComment, at, blogger_comments, blogger_post, blogger_posts
-from tests.feedserver import guard_loopback_only
+from tests.feedserver import FeedServer, guard_loopback_only
+from tests.processes import TEST_TOKEN
 from tests.test_commands_e2e import POSTS, TITLE, command, serve_seed, subscribed, text_of
 
 TABLES = ("subscriptions", "http_cache", "articles", "comments", "outbox")
@@ -253,7 +255,7 @@ async def test_a_custom_interval_is_honoured_by_the_scheduler(
         await harness.wait_idle()
         assert "polled every 1 minute." in await edit(harness, url, interval=1)
         status = text_of(await command(harness, "status"))
-        assert "every 1 minute," in status and "every 1 hour (default)" in status
+        assert "polled every 1 minute\n" in status and "polled every 1 hour (default)" in status
         polls, others = harness.feeds.hits(POSTS), harness.feeds.hits(other)
         await harness.wait_for(
             lambda: harness.feeds.hits(POSTS) > polls,
@@ -261,3 +263,70 @@ async def test_a_custom_interval_is_honoured_by_the_scheduler(
             what="the scheduler to poll the 1-minute feed",
         )
         assert harness.feeds.hits(other) == others, "the feed on the default hour was polled"
+
+
+async def test_a_mentioned_forum_post_answered_with_an_error_is_adopted_once(
+    harness: Harness,
+) -> None:
+    """Discord makes the forum post but answers 500: the bot finds it by its last line
+    (the mention line in front does not hide it) and posts no second one."""
+    url = await subscribed(harness)
+    role = harness.double.add_role(harness.guild_id, "Blog news")
+    await harness.wait_gateway_applied()
+    await edit(harness, url, mention=role.id)
+    fault = harness.double.inject_fault(
+        "error_after_commit", r"/channels/\d+/threads", method="POST", times=1
+    )
+    new_post(harness, "9001", "Brand new post")
+    await command(harness, "poll")
+    await harness.wait_idle()
+    assert fault.hits == 1
+    names = [t["name"] for t in harness.double.threads(harness.forum_id)]
+    assert names.count("Brand new post") == 1
+    starter, *comments = harness.double.messages(
+        int(harness.double.threads(harness.forum_id)[-1]["id"])
+    )
+    assert starter["content"].startswith(f"<@&{role.id}>\n") and len(comments) == 2
+
+
+async def test_a_mentioned_article_message_cut_off_mid_send_is_settled_after_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bot stops while Discord holds back its answer to a mentioned article message:
+    started again, it adopts that message (its mention line and all) and posts no other."""
+    guard_loopback_only(monkeypatch)
+    double, feeds = DiscordDouble(token=TEST_TOKEN), FeedServer()
+    await double.start()
+    await feeds.start()
+    path = tmp_path / "blogmirror.db"
+    try:
+        async with running_bot(tmp_path, double=double, feeds=feeds, database_path=path) as first:
+            url = serve_seed(first)
+            record = await first.subscribe(url, first.text_id)
+            await record.wait_for(lambda r: "Done." in text_of(r))
+            await first.wait_idle()
+            role = double.add_role(first.guild_id, "Blog news")
+            await first.wait_gateway_applied()
+            await edit(first, url, mention=role.id)
+            fault = double.inject_fault(
+                "delay_after_commit",
+                rf"/channels/{first.text_id}/messages",
+                method="POST",
+                delay=30,
+                content="Brand new post",
+            )
+            new_post(first, "9001", "Brand new post")
+            await double.invoke_command(first.guild_id, first.text_id, "blog", "poll", {})
+            await first.wait_for(lambda: fault.hits == 1, what="the held-back article message")
+            text_id = first.text_id
+        double.clear_faults()
+        async with running_bot(tmp_path, double=double, feeds=feeds, database_path=path) as again:
+            await again.wait_idle()
+        made = [m for m in double.messages(text_id) if "Brand new post" in m["content"]]
+        assert len(made) == 1
+        assert made[0]["content"].startswith(f"<@&{role.id}>\n")
+        thread = [m for m in double.messages(int(made[0]["id"])) if m["type"] in (0, 19)]
+        assert len(thread) == 2
+    finally:
+        await feeds.close()
+        await double.stop()
