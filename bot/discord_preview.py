@@ -117,8 +117,10 @@ def preview_messages(preview: ThreadPreview) -> list[tuple[str, list[discord.Emb
     embeds: list[discord.Embed] = []
     if preview.thread_name is None or preview.article is None:
         lines.append("The feed has no article yet: subscribing would post nothing for now.")
+        lines.append("Nothing was posted or stored.")
     else:
         lines.append(f"Newest article's thread: **{escape_text(preview.thread_name)}**")
+        lines.append("Nothing was posted or stored; subscribing would post this thread:")
         lines.append(_comments_line(preview))
         article = discord.Embed(
             title="Article message", description=preview.article.content[:EMBED_DESCRIPTION_LIMIT]
@@ -127,7 +129,6 @@ def preview_messages(preview: ThreadPreview) -> list[tuple[str, list[discord.Emb
             article.set_image(url=preview.article.image_url)
         embeds.append(article)
         embeds += [_comment_embed(comment) for comment in preview.comments]
-    lines.append("Nothing was posted or stored.")
     content = _clip("\n".join(lines), MESSAGE_LIMIT)
     return _pack(content, embeds)
 
@@ -139,9 +140,10 @@ def _comments_line(preview: ThreadPreview) -> str:
             f"No comments loaded: {preview.unread}." if preview.unread else "No comments on it yet."
         )
     line = (
-        f"Its first {shown} of {preview.total_comments} comment(s), in posting order:"
+        f"the article message, then the first {shown} of its {preview.total_comments} "
+        "comment(s), in posting order:"
         if shown < preview.total_comments
-        else f"Its {shown} comment(s), in posting order:"
+        else f"the article message, then its {shown} comment(s), in posting order:"
     )
     return line + (f" (not all were loaded: {preview.unread})" if preview.unread else "")
 

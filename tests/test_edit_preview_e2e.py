@@ -47,7 +47,7 @@ async def test_preview_shows_the_newest_thread_and_posts_nothing(harness: Harnes
     header = record.contents[0]
     assert "On Probation" in header and url in header
     assert f"Newest article's thread: **{TITLE}**" in header
-    assert "Its first 3 of 7 comment(s)" in header
+    assert "the first 3 of its 7 comment(s), in posting order" in header
     article, *comments = embeds_of(record)
     assert article["title"] == "Article message"
     assert (
@@ -134,11 +134,9 @@ async def test_edit_changes_each_option_and_says_what_changed(harness: Harness) 
         "✅ **On Probation**: comments are mirrored; new articles ping nobody; "
         "polled every 5 minutes (the bot's default)."
     )
-    [row] = harness.db.rows(
-        "SELECT mirror_comments, mention_role_id, interval_seconds, interval_custom "
-        "FROM subscriptions"
-    )
-    assert tuple(row) == (1, None, 300, 0)
+    [row] = harness.db.rows("SELECT * FROM subscriptions")
+    columns = ("mirror_comments", "mention_role_id", "interval_seconds", "interval_custom")
+    assert [row[c] for c in columns] == [1, None, 300, 0]
     assert "every 5 minutes (default)" in text_of(await command(harness, "status", feed=url))
 
 
