@@ -245,6 +245,17 @@ class BlogService:
         assert fresh is not None
         return Edited(fresh, changes)
 
+    async def follow_default_interval(self) -> None:
+        """At start: subscriptions without an interval of their own follow
+        ``POLL_INTERVAL_SECONDS`` as it is now (``/blog edit … interval:0`` means that)."""
+        changed = await self.subscriptions.follow_default_interval(self.default_interval)
+        if changed:
+            log.info(
+                "%d subscription(s) now polled every %s (POLL_INTERVAL_SECONDS)",
+                changed,
+                describe_interval(self.default_interval),
+            )
+
     async def unsubscribe(self, sub: Subscription) -> None:
         await self.subscriptions.delete(sub.id)
         log.info("Guild %s unsubscribed %s", sub.guild_id, sub.feed_url)

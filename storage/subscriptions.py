@@ -281,6 +281,17 @@ class SubscriptionRepo:
         if row is None:
             raise SubscriptionGoneError(subscription_id)
 
+    async def follow_default_interval(self, seconds: int) -> int:
+        """Subscriptions on the bot's default interval take its current value (it may have
+        changed since they were stored); returns how many changed. Custom ones keep theirs."""
+        return await self.db.write_one(
+            """
+            UPDATE subscriptions SET interval_seconds = ?
+            WHERE interval_custom = 0 AND interval_seconds <> ?
+            """,
+            (seconds, seconds),
+        )
+
     async def update_feed_info(
         self, subscription_id: int, *, blog_title: str, comments_feed_url: str | None
     ) -> None:

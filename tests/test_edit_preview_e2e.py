@@ -328,3 +328,38 @@ async def test_a_mentioned_article_message_cut_off_mid_send_is_settled_after_res
     finally:
         await feeds.close()
         await double.stop()
+
+
+async def test_feeds_on_the_default_follow_a_changed_poll_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restarted with another POLL_INTERVAL_SECONDS, a feed on the default takes it; a feed
+    with an interval of its own keeps that."""
+    guard_loopback_only(monkeypatch)
+    double, feeds = DiscordDouble(token=TEST_TOKEN), FeedServer()
+    await double.start()
+    await feeds.start()
+    path = tmp_path / "blogmirror.db"
+    try:
+        async with running_bot(tmp_path, double=double, feeds=feeds, database_path=path) as first:
+            url = await subscribed(first)
+            second = await first.subscribe(url, first.text_id)
+            await second.wait_for(lambda r: "Done." in text_of(r))
+            [custom] = [
+                s
+                for s in await first.bot.subscriptions.list_for_guild(first.guild_id)
+                if s.channel_id == first.text_id
+            ]
+            await edit(first, str(custom.id), interval=20)
+            await first.wait_idle()
+        async with running_bot(
+            tmp_path, double=double, feeds=feeds, database_path=path, poll_interval_seconds=600
+        ) as again:
+            rows = again.db.rows("SELECT * FROM subscriptions ORDER BY id")
+            assert [(r["interval_seconds"], r["interval_custom"]) for r in rows] == [
+                (600, 0),
+                (1200, 1),
+            ]
+    finally:
+        await feeds.close()
+        await double.stop()
