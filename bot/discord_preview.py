@@ -30,6 +30,7 @@ EMBED_TITLE_LIMIT = 256
 EMBED_FOOTER_LIMIT = 2048
 EMBEDS_PER_MESSAGE = 10
 EMBED_TOTAL_LIMIT = 6000
+TITLE_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,9 @@ async def _first_comments(
 
 def preview_messages(preview: ThreadPreview) -> list[tuple[str, list[discord.Embed]]]:
     """The answer: ``(content, embeds)`` per message, every one within Discord's limits."""
+    title = escape_text(_clip(preview.blog_title, TITLE_CHARS)) or "(untitled blog)"
     lines = [
-        f"🔎 Preview of **{escape_text(preview.blog_title or '(untitled blog)')}**"
-        + (f" (<{preview.blog_url}>)" if preview.blog_url else ""),
+        f"🔎 Preview of **{title}**" + (f" (<{preview.blog_url}>)" if preview.blog_url else ""),
         f"Feed: <{preview.feed_url}> ({preview.dialect or 'unknown'} feed, "
         f"{preview.articles} article(s))",
     ]

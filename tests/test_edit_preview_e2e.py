@@ -138,6 +138,11 @@ async def test_edit_changes_each_option_and_says_what_changed(harness: Harness) 
     columns = ("mirror_comments", "mention_role_id", "interval_seconds", "interval_custom")
     assert [row[c] for c in columns] == [1, None, 300, 0]
     assert "every 5 minutes (default)" in text_of(await command(harness, "status", feed=url))
+    quiet = harness.double.add_role(harness.guild_id, "Quiet", mentionable=False)
+    await harness.wait_gateway_applied()
+    warned = await edit(harness, url, mention=quiet.id)
+    assert warned.startswith(f"✅ **On Probation**: new articles ping <@&{quiet.id}>.")
+    assert "not mentionable" in warned.splitlines()[1]
 
 
 async def test_edit_refusals_are_one_line_each(harness: Harness) -> None:
