@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.migrations import SCHEMA_VERSION
 from tests.feedgen import (
     ARTICLE_URL,
     POST,
@@ -228,6 +229,29 @@ def test_a_damaged_database_stops_the_bot_with_one_line(tmp_path: Path, kind: st
     assert line.startswith("blogmirror: ") and "data/blogmirror.db" in line
     assert "backup" in line and "move it aside" in line
     assert database.read_bytes() == damaged
+
+
+def test_a_database_newer_than_the_code_stops_the_bot_with_exit_2(tmp_path: Path) -> None:
+    """A database written by a newer blogmirror: exit 2 (a restart cannot help), one line
+    saying to upgrade, and nothing migrated or created in it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    database = data / "blogmirror.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    env = {
+        "DISCORD_TOKEN": "discord-double-token-0123456789",
+        "DATABASE_PATH": "data/blogmirror.db",
+        "LOG_LEVEL": "INFO",
+    }
+    result = run(env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("blogmirror: ") and "Upgrade blogmirror" in line
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
 
 
 # --- preview: what was not read, and local files -----------------------------------------
