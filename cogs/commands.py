@@ -442,10 +442,6 @@ class BlogCommands(
     ) -> None:
         guild = _guild(interaction)
         sub = await self.bot.service.resolve(guild.id, feed)
-        if mention is not None and mention.is_default():
-            raise BlogMirrorError(
-                "@everyone cannot be pinged by the bot: pick a role made for blog news."
-            )
         edited = await self.bot.service.edit(
             sub,
             comments=comments,
