@@ -287,7 +287,16 @@ V4 = """
 ALTER TABLE comments ADD COLUMN published_offset INTEGER;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4)
+# Version 5: what ``/blog edit`` changes. ``mention_role_id``: the role pinged in each
+# new article message (NULL: none). ``interval_custom``: 1 when a moderator chose
+# ``interval_seconds``; 0 when it is the bot's default (POLL_INTERVAL_SECONDS), which
+# every subscription stored before had.
+V5 = """
+ALTER TABLE subscriptions ADD COLUMN mention_role_id INTEGER;
+ALTER TABLE subscriptions ADD COLUMN interval_custom INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --- PostgreSQL: the same versions ---------------------------------------------------
@@ -452,7 +461,12 @@ PG_V4 = """
 ALTER TABLE comments ADD COLUMN published_offset INTEGER;
 """
 
-PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2, PG_V3, PG_V4)
+PG_V5 = """
+ALTER TABLE subscriptions ADD COLUMN mention_role_id BIGINT;
+ALTER TABLE subscriptions ADD COLUMN interval_custom INTEGER NOT NULL DEFAULT 0;
+"""
+
+PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2, PG_V3, PG_V4, PG_V5)
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every version exists for both backends"
 
 # Any constant key: processes starting together take turns migrating.
