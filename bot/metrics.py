@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from types import SimpleNamespace
 
 import aiohttp
@@ -42,7 +43,7 @@ _SCOPES = frozenset({"user", "global", "shared"})
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class PollOutcomeLabel:
+class PollOutcomeLabel(StrEnum):
     """The ``outcome`` label of ``blogmirror_polls_total``: a small, fixed set."""
 
     CHANGED = "changed"
@@ -55,10 +56,9 @@ class PollOutcomeLabel:
     """Retrying soon will not help: 404/410, not a feed, too large, blocked address."""
     INTERNAL_ERROR = "internal_error"
     """A bug of the bot's (logged with its traceback)."""
-    ALL = (CHANGED, UNCHANGED, TRANSIENT_ERROR, PERMANENT_ERROR, INTERNAL_ERROR)
 
     @classmethod
-    def of_error(cls, exc: BaseException) -> str:
+    def of_error(cls, exc: BaseException) -> PollOutcomeLabel:
         if not isinstance(exc, FeedError):
             return cls.INTERNAL_ERROR
         return cls.TRANSIENT_ERROR if exc.transient else cls.PERMANENT_ERROR
@@ -83,8 +83,8 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
-        for outcome in PollOutcomeLabel.ALL:  # every series exists from the start, at 0
-            self.polls.labels(outcome=outcome)
+        for outcome in PollOutcomeLabel:  # every series exists from the start, at 0
+            self.polls.labels(outcome=outcome.value)
         self.poll_duration = Histogram(
             "blogmirror_poll_duration_seconds",
             "Time one feed poll took: fetching, parsing and recording (not posting to Discord).",
@@ -126,8 +126,8 @@ class Metrics:
 
     # --- updated by the bot --------------------------------------------------------
 
-    def polled(self, outcome: str, seconds: float) -> None:
-        self.polls.labels(outcome=outcome).inc()
+    def polled(self, outcome: PollOutcomeLabel, seconds: float) -> None:
+        self.polls.labels(outcome=outcome.value).inc()
         self.poll_duration.observe(seconds)
 
     def loop_ran(self) -> None:

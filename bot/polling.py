@@ -127,7 +127,7 @@ class Poller:
             log.info("Poll of %s: %s", sub.feed_url, warning)
         return PollOutcome(summary, None, 0, change)
 
-    def _count(self, outcome: str, started: float) -> None:
+    def _count(self, outcome: PollOutcomeLabel, started: float) -> None:
         if self.metrics is not None:
             self.metrics.polled(outcome, time.perf_counter() - started)
 

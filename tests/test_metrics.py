@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.metrics import Metrics
+from bot.metrics import Metrics, PollOutcomeLabel
 from storage.records import Backlog
 
 NO_BACKLOG = Backlog(0, 0, 0, 0)
@@ -17,7 +17,7 @@ NO_BACKLOG = Backlog(0, 0, 0, 0)
 def test_two_bots_in_one_process_count_separately() -> None:
     """Each Metrics has its own registry: a second one neither clashes nor shares counts."""
     first, second = Metrics(), Metrics()
-    first.polled("changed", 0.2)
+    first.polled(PollOutcomeLabel.CHANGED, 0.2)
     assert b'blogmirror_polls_total{outcome="changed"} 1.0' in first.render(NO_BACKLOG)
     assert b'blogmirror_polls_total{outcome="changed"} 0.0' in second.render(NO_BACKLOG)
 
