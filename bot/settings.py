@@ -8,10 +8,12 @@ one go. The token is never part of any message or ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -27,6 +29,7 @@ DEFAULTS: Mapping[str, str] = {
     "DATABASE_URL": "",
     "SHARD_COUNT": "",
     "SHARD_IDS": "",
+    "PUBLIC_URL": "",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -66,6 +69,8 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
+    # https base URL of the bot's web server as the internet reaches it (WebSub callbacks).
+    public_url: str | None = None
 
 
 def read_environment(environ: Mapping[str, str], dotenv_path: Path | None) -> dict[str, str]:
@@ -128,6 +133,7 @@ def load_settings(
     if values["SHARD_COUNT"].strip():
         shard_count = _integer(values, "SHARD_COUNT", problems, minimum=1, maximum=100_000)
     shard_ids = _shard_ids(values["SHARD_IDS"], shard_count, database_url, problems)
+    public_url = _public_url(values["PUBLIC_URL"], problems)
 
     if problems:
         raise SettingsError(problems)
@@ -147,6 +153,7 @@ def load_settings(
         database_url=database_url,
         shard_count=shard_count,
         shard_ids=shard_ids,
+        public_url=public_url,
     )
 
 
@@ -199,6 +206,39 @@ def _shard_ids(
         )
         return None
     return ids
+
+
+def _public_url(raw: str, problems: list[str]) -> str | None:
+    """``PUBLIC_URL``: an https base URL (http only for a loopback host, as in tests).
+
+    Hubs send the callback its secret and signed notifications: plain http on
+    the internet would hand both to anyone on the path.
+    """
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError:
+        host = ""
+    shape_ok = bool(host) and not (parts.query or parts.fragment or parts.username)
+    loopback = host == "localhost" or _is_loopback(host)
+    if not shape_ok or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        problems.append(
+            f"PUBLIC_URL must be an https:// base URL such as https://bot.example.org "
+            f"(got {raw!r})."
+        )
+        return None
+    return raw.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _number(values: Mapping[str, str], name: str, problems: list[str]) -> float | None:
