@@ -131,6 +131,11 @@ class Coalescer:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._drainer: asyncio.Task[None] | None = None
 
+    @property
+    def queued(self) -> frozenset[int]:
+        """Subscriptions whose poll is running with one more owed after it."""
+        return frozenset(self._again)
+
     def notify(self, subscription_id: int) -> None:
         self._marked.add(subscription_id)
         self._wakeup.set()
@@ -497,6 +502,8 @@ class WebSub:
                 if 200 <= response.status < 300:
                     return None
                 return f"the hub {host} answered HTTP {response.status}"
+        except BlockedAddressError:  # the session's resolver refused the hub's name
+            return _private_hub(row.hub_url)
         except TimeoutError:
             return f"the hub {host} did not answer within {self.hub_timeout:g} s"
         except aiohttp.ClientError as exc:
@@ -531,7 +538,7 @@ def _lease_seconds(raw: str | None, asked: int) -> int:
 
 def _plain(text: str) -> str:
     """Text a hub sent, safe to store and show: printable, one line, bounded."""
-    cleaned = "".join(ch for ch in text if ch.isprintable())
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
     return " ".join(cleaned.split())[:MAX_REASON_LENGTH]
 
 

@@ -1,0 +1,391 @@
+"""WebSub push (SPEC §6) against a local hub double, over real HTTP, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bot.fetch import create_session
+from bot.models import PushLinks
+from bot.websub import SAFETY_FACTOR, WebSub, safety_interval, signature_valid
+from storage import Database, SubscriptionRepo
+from storage.push import PushRepo, PushState, PushTopic
+from storage.records import Subscription
+from tests import recording
+from tests.websub_hub import HubDouble
+
+POSTS = "https://blog.example/feeds/posts/default"
+COMMENTS = "https://blog.example/feeds/comments/default"
+POSTS_TOPIC = "https://www.blogger.com/feeds/42/posts/default"
+COMMENTS_TOPIC = "https://www.blogger.com/feeds/42/comments/default"
+
+
+@dataclass
+class Polls:
+    """What ``on_notify`` was asked to poll; a test may hold polls back with ``gate``."""
+
+    calls: list[int] = field(default_factory=list)
+    running: int = 0
+    most_at_once: int = 0
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def __call__(self, subscription_id: int) -> None:
+        async with self.changed:
+            self.calls.append(subscription_id)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.changed.notify_all()
+        await self.gate.wait()
+        async with self.changed:
+            self.running -= 1
+            self.changed.notify_all()
+
+    def count(self, subscription_id: int) -> int:
+        return self.calls.count(subscription_id)
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout), self.changed:
+            await self.changed.wait_for(condition)
+
+
+@dataclass
+class Push:
+    """A subscriber (``WebSub`` behind its callback server), a hub, one subscription."""
+
+    websub: WebSub
+    repo: PushRepo
+    hub: HubDouble
+    polls: Polls
+    sub: Subscription
+    database: Database
+
+    def links(self, hub: str | None = None) -> list[PushLinks]:
+        hub_url = hub if hub is not None else self.hub.url
+        return [
+            PushLinks(POSTS, hub_url, POSTS_TOPIC),
+            PushLinks(COMMENTS, hub_url, COMMENTS_TOPIC),
+        ]
+
+    async def rows(self) -> list[PushTopic]:
+        return await self.repo.for_subscription(self.sub.id)
+
+    async def wait_rows(self, condition: Callable[[list[PushTopic]], bool]) -> list[PushTopic]:
+        """Poll the stored state until ``condition`` holds (state changes come from HTTP)."""
+        async with asyncio.timeout(10):
+            while not condition(rows := await self.rows()):
+                await asyncio.sleep(0.02)
+        return rows
+
+    async def activate(self) -> list[PushTopic]:
+        await self.websub.observe(self.sub.id, self.links())
+        await self.hub.wait_for(
+            lambda: bool(self.hub.active(POSTS_TOPIC) and self.hub.active(COMMENTS_TOPIC))
+        )
+        return await self.wait_rows(lambda rows: all(r.state is PushState.ACTIVE for r in rows))
+
+
+@contextlib.asynccontextmanager
+async def subscriber(
+    database: Database, *, allow_private: bool = True, **options: Any
+) -> AsyncIterator[tuple[WebSub, Polls, int]]:
+    """A ``WebSub`` with its routes on a callback server of the test's own."""
+    polls = Polls()
+    session = create_session(allow_private=allow_private)
+    app = web.Application()
+    runner = web.AppRunner(app)
+    try:
+        # The port is known only once bound; the routes read PUBLIC_URL per request.
+        websub = WebSub(
+            PushRepo(database),
+            session,
+            public_url="http://127.0.0.1:0",
+            allow_private=allow_private,
+            on_notify=polls,
+            max_body_bytes=1_000_000,
+            **{"coalesce_seconds": 0.2, "maintain_seconds": 0.05, **options},
+        )
+        app.add_routes(websub.routes())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        websub.public_url = f"http://127.0.0.1:{port}"
+        websub.start()
+        try:
+            yield websub, polls, port
+        finally:
+            await websub.stop()
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
+@pytest.fixture
+async def push(database: Database, loopback_only: None) -> AsyncIterator[Push]:
+    sub = await recording.add_subscription(database, now=datetime.now(UTC))
+    async with HubDouble() as hub, subscriber(database) as (websub, polls, _port):
+        yield Push(websub, websub.repo, hub, polls, sub, database)
+
+
+async def test_subscribes_at_the_hub_and_confirms_its_own_intent(push: Push) -> None:
+    """Each feed is subscribed with its own callback and secret; the hub's verification
+    activates it with the hub's lease, and the subscription then polls 4x less often."""
+    rows = await push.activate()
+    subscribes = [r for r in push.hub.requests if r.mode == "subscribe"]
+    assert {r.topic for r in subscribes} == {POSTS_TOPIC, COMMENTS_TOPIC}
+    callbacks = {r.callback for r in subscribes}
+    assert len(callbacks) == 2
+    assert all(c.startswith(push.websub.public_url + "/websub/") for c in callbacks)
+    assert all(len(c.rsplit("/", 1)[1]) >= 32 for c in callbacks)
+    assert len({r.secret for r in subscribes}) == 2 and None not in {r.secret for r in subscribes}
+    assert all(r.lease_seconds == 10 * 86_400 for r in subscribes)
+    assert all(v.confirmed for v in push.hub.verifications)
+    now = datetime.now(UTC)
+    for row in rows:
+        assert row.lease_expires_at is not None
+        assert abs(row.lease_expires_at - (now + timedelta(days=10))) < timedelta(minutes=1)
+    assert await push.websub.pushed([push.sub.id]) == {push.sub.id}
+    assert safety_interval(300, True) == 300 * SAFETY_FACTOR == 1200
+    assert safety_interval(300, False) == 300
+    assert (await push.websub.status_line(push.sub.id)).startswith("push: active until <t:")
+
+
+async def test_verification_of_an_intent_we_did_not_ask_for_is_refused(push: Push) -> None:
+    """Only a pending topic+mode is confirmed: a forged or repeated verification gets 404."""
+    await push.activate()
+    callback = push.hub.active(POSTS_TOPIC)[0].callback
+    # Nothing pending any more: a second subscribe confirmation is refused.
+    assert (await push.hub.verify_intent(callback, POSTS_TOPIC, "subscribe")).status == 404
+    # The right callback with another topic, an unsubscribe never asked, a guessed token.
+    assert (
+        await push.hub.verify_intent(callback, "https://evil.example/", "subscribe")
+    ).status == 404
+    assert (await push.hub.verify_intent(callback, POSTS_TOPIC, "unsubscribe")).status == 404
+    guessed = callback.rsplit("/", 1)[0] + "/not-a-token"
+    assert (await push.hub.verify_intent(guessed, POSTS_TOPIC, "subscribe")).status == 404
+    assert all(r.state is PushState.ACTIVE for r in await push.rows())
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256", "sha384", "sha512"])
+async def test_signed_notification_polls_the_subscription(push: Push, algorithm: str) -> None:
+    """A notification signed with the subscription's secret makes it poll at once."""
+    await push.activate()
+    assert await push.hub.publish(POSTS_TOPIC, algorithm=algorithm) == [202]
+    await push.polls.wait_for(lambda: push.polls.count(push.sub.id) == 1)
+
+
+async def test_badly_signed_or_unsigned_notifications_are_ignored(push: Push) -> None:
+    """Wrong or missing signatures are answered 2xx (as WebSub allows) but poll nothing."""
+    await push.activate()
+    assert await push.hub.publish(POSTS_TOPIC, signing="bad") == [202]
+    assert await push.hub.publish(POSTS_TOPIC, signing="missing") == [202]
+    assert await push.hub.publish(POSTS_TOPIC, algorithm="md5") == [202]
+    # A good one afterwards is the only poll: the bad ones were dropped, not delayed.
+    assert await push.hub.publish(COMMENTS_TOPIC) == [202]
+    await push.polls.wait_for(lambda: push.polls.count(push.sub.id) >= 1)
+    await _settle(push)
+    assert push.polls.count(push.sub.id) == 1
+
+
+async def test_a_burst_of_notifications_is_one_poll(push: Push) -> None:
+    """Ten notifications (both topics) within the window cause exactly one poll."""
+    await push.activate()
+    for index in range(10):
+        topic = POSTS_TOPIC if index % 2 else COMMENTS_TOPIC
+        assert await push.hub.publish(topic) == [202]
+    await push.polls.wait_for(lambda: push.polls.count(push.sub.id) >= 1)
+    await _settle(push)
+    assert push.polls.count(push.sub.id) == 1
+
+
+async def test_notifications_during_a_poll_cause_exactly_one_more(push: Push) -> None:
+    """News arriving while a poll runs queues one more poll after it, never a concurrent one."""
+    await push.activate()
+    push.polls.gate.clear()
+    await push.hub.publish(POSTS_TOPIC)
+    await push.polls.wait_for(lambda: push.polls.running == 1)
+    for _ in range(5):
+        await push.hub.publish(POSTS_TOPIC)
+    # The coalescer queues them behind the poll that is still held, instead of starting one.
+    await until(lambda: push.sub.id in push.websub.coalescer.queued)
+    assert push.polls.count(push.sub.id) == 1
+    push.polls.gate.set()
+    await push.polls.wait_for(lambda: push.polls.count(push.sub.id) == 2)
+    await _settle(push)
+    assert push.polls.count(push.sub.id) == 2
+    assert push.polls.most_at_once == 1
+
+
+async def test_lease_is_renewed_before_it_ends(database: Database, loopback_only: None) -> None:
+    """A short lease granted by the hub is renewed before it runs out, with the same callback."""
+    sub = await recording.add_subscription(database, now=datetime.now(UTC))
+    async with HubDouble(grant_lease=2) as hub, subscriber(database) as (websub, _polls, _port):
+        await websub.observe(sub.id, [PushLinks(POSTS, hub.url, POSTS_TOPIC)])
+        await hub.wait_for(lambda: len([v for v in hub.verifications if v.confirmed]) >= 3)
+        subscribes = [r for r in hub.requests if r.mode == "subscribe"]
+        assert len({r.callback for r in subscribes}) == 1
+        assert len({r.secret for r in subscribes}) == 1
+        [row] = await websub.repo.for_subscription(sub.id)
+        assert row.state is PushState.ACTIVE
+        assert row.lease_expires_at is not None and row.lease_expires_at > datetime.now(UTC)
+
+
+async def test_removing_a_subscription_unsubscribes_at_the_hub(push: Push) -> None:
+    """``remove`` asks the hub to unsubscribe and confirms it; later notifications get 410."""
+    await push.activate()
+    callback = push.hub.active(POSTS_TOPIC)[0].callback
+    secret = push.hub.active(POSTS_TOPIC)[0].secret
+    await push.websub.remove(push.sub.id)
+    await push.hub.wait_for(lambda: not push.hub.subscriptions)
+    assert {r.topic for r in push.hub.requests if r.mode == "unsubscribe"} == {
+        POSTS_TOPIC,
+        COMMENTS_TOPIC,
+    }
+    await recording_delete(push)
+    async with asyncio.timeout(10):
+        while await push.database.fetch("SELECT id FROM push_topics"):
+            await asyncio.sleep(0.02)
+    assert await push.hub.notify(callback, secret, b"<feed/>") == 410
+    assert push.polls.calls == []
+
+
+@pytest.mark.parametrize("status", [500, 503, 404])
+async def test_hub_errors_leave_push_unavailable(push: Push, status: int) -> None:
+    """A hub answering an error: push is unavailable with the reason, polling unchanged."""
+    push.hub.fail_status = status
+    await push.websub.observe(push.sub.id, push.links())
+    rows = await push.wait_rows(
+        lambda rows: len(rows) == 2 and all(r.state is PushState.UNAVAILABLE for r in rows)
+    )
+    assert rows[0].reason == f"the hub 127.0.0.1 answered HTTP {status}"
+    assert await push.websub.pushed([push.sub.id]) == set()
+    line = await push.websub.status_line(push.sub.id)
+    assert line == f"push: not available: the hub 127.0.0.1 answered HTTP {status}"
+
+
+async def test_a_hub_that_never_verifies_is_given_up(
+    database: Database, loopback_only: None
+) -> None:
+    """No verification within the deadline: unavailable, and retried after the retry delay."""
+    sub = await recording.add_subscription(database, now=datetime.now(UTC))
+    async with (
+        HubDouble(verify=False) as hub,
+        subscriber(
+            database, verify_timeout=timedelta(seconds=0.3), retry_unavailable=timedelta(hours=1)
+        ) as (websub, _polls, _port),
+    ):
+        await websub.observe(sub.id, [PushLinks(POSTS, hub.url, POSTS_TOPIC)])
+        async with asyncio.timeout(10):
+            while (row := (await websub.repo.for_subscription(sub.id))[0]).state is not (
+                PushState.UNAVAILABLE
+            ):
+                await asyncio.sleep(0.02)
+        assert row.reason == "the hub did not confirm the subscription within 1 min"
+        assert row.due_at > datetime.now(UTC) + timedelta(minutes=50)
+        assert len(hub.requests) == 1
+
+
+async def test_a_denied_subscription_is_unavailable(push: Push) -> None:
+    """The hub's ``hub.mode=denied`` ends push with the hub's reason in plain words."""
+    await push.activate()
+    callback = push.hub.active(POSTS_TOPIC)[0].callback
+    assert await push.hub.deny(callback, POSTS_TOPIC, "topic\x00 not allowed\nhere") == 200
+    line = await push.websub.status_line(push.sub.id)
+    assert line == "push: not available: the hub refused the subscription (topic not allowed here)"
+    assert await push.websub.pushed([push.sub.id]) == set()
+
+
+async def test_a_feed_without_a_hub_is_not_pushed(push: Push) -> None:
+    """A feed advertising no hub keeps the whole subscription on plain polling."""
+    await push.websub.observe(
+        push.sub.id,
+        [PushLinks(POSTS, push.hub.url, POSTS_TOPIC), PushLinks(COMMENTS, None, None)],
+    )
+    await push.hub.wait_for(lambda: bool(push.hub.active(POSTS_TOPIC)))
+    await push.wait_rows(lambda rows: any(r.state is PushState.ACTIVE for r in rows))
+    assert await push.websub.pushed([push.sub.id]) == set()
+    line = await push.websub.status_line(push.sub.id)
+    assert line == "push: not available: the feed advertises no WebSub hub"
+
+
+async def test_a_new_hub_replaces_the_old_one(push: Push) -> None:
+    """When a feed moves to another hub, the old one is unsubscribed and the new subscribed."""
+    await push.activate()
+    async with HubDouble() as other:
+        await push.websub.observe(push.sub.id, [PushLinks(POSTS, other.url, POSTS_TOPIC)])
+        await other.wait_for(lambda: bool(other.active(POSTS_TOPIC)))
+        await push.hub.wait_for(lambda: not push.hub.active(POSTS_TOPIC))
+        assert push.hub.active(COMMENTS_TOPIC)
+        rows = await push.wait_rows(lambda rows: all(r.state is PushState.ACTIVE for r in rows))
+        assert {r.hub_url for r in rows} == {push.hub.url, other.url}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_a_hub_on_a_private_address_is_refused(
+    database: Database, loopback_only: None, host: str
+) -> None:
+    """Without ALLOW_PRIVATE_ADDRESSES a hub on loopback is never contacted."""
+    sub = await recording.add_subscription(database, now=datetime.now(UTC))
+    async with (
+        HubDouble() as hub,
+        subscriber(database, allow_private=False) as (websub, _polls, _port),
+    ):
+        hub_url = f"http://{host}:{hub.port}/"
+        await websub.observe(sub.id, [PushLinks(POSTS, hub_url, POSTS_TOPIC)])
+        [row] = await websub.repo.for_subscription(sub.id)
+        assert row.state is PushState.UNAVAILABLE
+        assert row.reason == (
+            f"the hub {host} is on a private address (set ALLOW_PRIVATE_ADDRESSES=true to allow it)"
+        )
+        assert hub.requests == []
+
+
+def test_signature_check() -> None:
+    """Each supported algorithm verifies; other methods, case tricks and garbage do not."""
+    body = b"<feed/>"
+    for method in ("sha1", "sha256", "sha384", "sha512"):
+        digest = hmac.new(b"s3cret", body, getattr(hashlib, method)).hexdigest()
+        assert signature_valid("s3cret", body, f"{method}={digest}")
+        assert signature_valid("s3cret", body, f"{method.upper()}={digest.upper()}")
+        assert not signature_valid("other", body, f"{method}={digest}")
+        assert not signature_valid("s3cret", body + b" ", f"{method}={digest}")
+    md5 = hmac.new(b"s3cret", body, "md5").hexdigest()
+    for header in (None, "", "sha256", "=abc", f"md5={md5}", "sha256=zz"):
+        assert not signature_valid("s3cret", body, header)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, looking every 10 ms."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def recording_delete(push: Push) -> None:
+    """Delete the subscription the way ``/blog unsubscribe`` does, after ``remove``."""
+    await SubscriptionRepo(push.database).delete(push.sub.id)
+
+
+async def _settle(push: Push) -> None:
+    """Wait until the coalescer has drained everything sent so far: a notification for
+    another subscription is polled only after any polls still owed to earlier ones."""
+    before = {s.callback for s in push.hub.subscriptions.values()}
+    other = await recording.add_subscription(push.database, channel=99, now=datetime.now(UTC))
+    await push.websub.observe(other.id, [PushLinks(POSTS, push.hub.url, POSTS_TOPIC)])
+    await push.hub.wait_for(lambda: len(push.hub.active(POSTS_TOPIC)) == 2)
+    [new] = [s for s in push.hub.active(POSTS_TOPIC) if s.callback not in before]
+    assert await push.hub.notify(new.callback, new.secret, b"<feed/>") == 202
+    await push.polls.wait_for(lambda: push.polls.count(other.id) == 1 and push.polls.running == 0)
