@@ -226,9 +226,10 @@ def _public_url(raw: str, problems: list[str]) -> str | None:
     shape_ok = bool(host) and not (parts.query or parts.fragment or parts.username)
     loopback = host == "localhost" or _is_loopback(host)
     if not shape_ok or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        # A value with user:password@ in it is not echoed.
+        got = "" if parts.username or parts.password or "@" in raw else f" (got {raw!r})"
         problems.append(
-            f"PUBLIC_URL must be an https:// base URL such as https://bot.example.org "
-            f"(got {raw!r})."
+            f"PUBLIC_URL must be an https:// base URL such as https://bot.example.org{got}."
         )
         return None
     return raw.rstrip("/")
