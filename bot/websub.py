@@ -59,6 +59,7 @@ from yarl import URL
 from bot.errors import BlockedAddressError, FeedError
 from bot.fetch import check_hop
 from bot.models import PushLinks
+from storage.db import UniqueViolation
 from storage.push import PushRepo, PushRowMissingError, PushState, PushTopic
 
 log = logging.getLogger(__name__)
@@ -265,29 +266,44 @@ class WebSub:
                 continue
             if row is not None:
                 await self._retire(row, now)
-            if hub is None:
-                await self._new_row(
-                    subscription_id,
-                    link.feed_url,
-                    None,
-                    None,
-                    PushState.UNAVAILABLE,
-                    "the feed advertises no WebSub hub",
-                    now + _NEVER,
-                    now,
-                )
-                continue
-            fresh = await self._new_row(
+            try:
+                await self._replace_row(subscription_id, link.feed_url, hub, topic, now)
+            except UniqueViolation:
+                # A poll running at the same time (the scheduler's and a push's) got here first.
+                log.debug("WebSub: %s already being set up", link.feed_url)
+
+    async def _replace_row(
+        self,
+        subscription_id: int,
+        feed_url: str,
+        hub: str | None,
+        topic: str | None,
+        now: datetime,
+    ) -> None:
+        """A new row for a feed (its old one already retired): subscribed if it has a hub."""
+        if hub is None:
+            await self._new_row(
                 subscription_id,
-                link.feed_url,
-                hub,
-                topic,
-                PushState.SUBSCRIBING,
+                feed_url,
                 None,
-                now + self.verify_timeout,
+                None,
+                PushState.UNAVAILABLE,
+                "the feed advertises no WebSub hub",
+                now + _NEVER,
                 now,
             )
-            await self._subscribe(fresh)
+            return
+        fresh = await self._new_row(
+            subscription_id,
+            feed_url,
+            hub,
+            topic,
+            PushState.SUBSCRIBING,
+            None,
+            now + self.verify_timeout,
+            now,
+        )
+        await self._subscribe(fresh)
 
     async def remove(self, subscription_id: int) -> None:
         """Unsubscribe the subscription's feeds at their hubs; call before deleting it.
@@ -311,7 +327,7 @@ class WebSub:
     async def maintain(self) -> None:
         """One round: verification deadlines, lease renewals, retries, orphaned rows."""
         now = self.clock()
-        for row in await self.repo.due(now):
+        for row in await self.repo.claim_due(now, hold_until=now + self.verify_timeout):
             try:
                 await self._attend(row, now)
             except PushRowMissingError:

@@ -138,12 +138,27 @@ class PushRepo:
         )
         return [PushTopic.from_row(row) for row in rows]
 
-    async def due(self, now: datetime, limit: int = 100) -> list[PushTopic]:
-        """Rows whose ``due_at`` has come: verification deadlines, renewals, retries."""
-        rows = await self.db.fetch(
-            "SELECT * FROM push_topics WHERE due_at <= ? ORDER BY due_at LIMIT ?",
-            (to_db_time(now), limit),
-        )
+    async def claim_due(
+        self, now: datetime, *, hold_until: datetime, limit: int = 100
+    ) -> list[PushTopic]:
+        """Take the rows whose ``due_at`` has come (deadlines, renewals, retries).
+
+        Their ``due_at`` moves to ``hold_until`` in the same statement, so another
+        process sharing the database does not take them too (under PostgreSQL's
+        read committed, its UPDATE re-checks ``due_at`` once the first commits);
+        whoever attends a row sets its real next ``due_at``.
+        """
+        async with self.db.write() as tx:
+            rows = await tx.fetch(
+                """
+                UPDATE push_topics SET due_at = ?
+                WHERE due_at <= ? AND id IN (
+                    SELECT id FROM push_topics WHERE due_at <= ? ORDER BY due_at LIMIT ?
+                )
+                RETURNING *
+                """,
+                (to_db_time(hold_until), to_db_time(now), to_db_time(now), limit),
+            )
         return [PushTopic.from_row(row) for row in rows]
 
     async def pushed_subscriptions(

@@ -388,3 +388,42 @@ async def _settle(push: Push) -> None:
     [new] = [s for s in push.hub.active(POSTS_TOPIC) if s.callback not in before]
     assert await push.hub.notify(new.callback, new.secret, b"<feed/>") == 202
     await push.polls.wait_for(lambda: push.polls.count(other.id) == 1 and push.polls.running == 0)
+
+
+async def test_polls_observing_at_once_subscribe_each_feed_once(push: Push) -> None:
+    """Two polls of one subscription reporting the same links make one row and request per feed."""
+    await asyncio.gather(
+        push.websub.observe(push.sub.id, push.links()),
+        push.websub.observe(push.sub.id, push.links()),
+    )
+    await push.wait_rows(lambda rows: all(r.state is PushState.ACTIVE for r in rows))
+    assert len(await push.rows()) == 2
+    assert sorted(r.topic for r in push.hub.requests) == [COMMENTS_TOPIC, POSTS_TOPIC]
+
+
+async def test_due_rows_are_claimed_by_one_taker(database: Database) -> None:
+    """Takers racing for due rows (processes sharing PostgreSQL) each get different ones."""
+    repo = PushRepo(database)
+    now = datetime.now(UTC)
+    for index in range(20):
+        sub = await recording.add_subscription(database, channel=100 + index, now=now)
+        await repo.add(
+            subscription_id=sub.id,
+            feed_url=POSTS,
+            hub_url="https://hub.example/",
+            topic_url=POSTS_TOPIC,
+            callback_token=f"token-{index}",
+            secret="s",
+            state=PushState.ACTIVE,
+            reason=None,
+            due_at=now - timedelta(seconds=1),
+            now=now,
+        )
+    later = now + timedelta(minutes=5)
+    taken = await asyncio.gather(
+        *(repo.claim_due(now, hold_until=later, limit=20) for _ in range(4))
+    )
+    ids = [row.id for batch in taken for row in batch]
+    assert len(ids) == len(set(ids)) == 20
+    assert await repo.claim_due(now, hold_until=later) == []
+    assert all(row.due_at == later for batch in taken for row in batch)
