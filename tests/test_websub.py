@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,11 +17,13 @@ from aiohttp import web
 
 from bot.fetch import create_session
 from bot.models import PushLinks
-from bot.websub import SAFETY_FACTOR, WebSub, safety_interval, signature_valid
+from bot.parse import parse_feed
+from bot.websub import SAFETY_FACTOR, WebSub, describe, safety_interval, signature_valid
 from storage import Database, SubscriptionRepo
 from storage.push import PushRepo, PushState, PushTopic
 from storage.records import Subscription
 from tests import recording
+from tests.feedserver import FIXTURES
 from tests.websub_hub import HubDouble
 
 POSTS = "https://blog.example/feeds/posts/default"
@@ -427,3 +430,70 @@ async def test_due_rows_are_claimed_by_one_taker(database: Database) -> None:
     assert len(ids) == len(set(ids)) == 20
     assert await repo.claim_due(now, hold_until=later) == []
     assert all(row.due_at == later for batch in taken for row in batch)
+
+
+def test_hub_and_topic_are_read_from_atom_and_json_feeds() -> None:
+    """Blogger's Atom names its hub and self link; JSON Feed its WebSub ``hubs`` and feed_url."""
+    atom = parse_feed((FIXTURES / "seed" / "posts.atom.xml").read_bytes(), POSTS)
+    assert atom.hub_url == "http://pubsubhubbub.appspot.com/"
+    assert atom.self_url == "https://www.blogger.com/feeds/4790201928346512375/posts/default"
+    document = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": "J",
+        "feed_url": "/feed.json",
+        "hubs": [
+            {"type": "rssCloud", "url": "https://cloud.example/"},
+            {"type": "WebSub", "url": "https://hub.example/"},
+        ],
+        "items": [],
+    }
+    json_feed = parse_feed(json.dumps(document).encode(), "https://jay.example/x/feed.json")
+    assert (json_feed.hub_url, json_feed.self_url) == (
+        "https://hub.example/",
+        "https://jay.example/feed.json",
+    )
+    bare = parse_feed((FIXTURES / "real" / "wp_posts.rss2.xml").read_bytes(), POSTS)
+    assert bare.hub_url is None
+
+
+def test_status_lines_in_plain_words() -> None:
+    """Each push state reads as one plain line."""
+    now = datetime.now(UTC)
+
+    def row(
+        state: PushState, reason: str | None = None, lease: timedelta | None = None
+    ) -> PushTopic:
+        return PushTopic(
+            id=1,
+            subscription_id=1,
+            feed_url=POSTS,
+            hub_url="https://hub.example/",
+            topic_url=POSTS_TOPIC,
+            callback_token="t",
+            secret="s",
+            state=state,
+            reason=reason,
+            requested_at=None,
+            lease_expires_at=now + lease if lease is not None else None,
+            due_at=now,
+            updated_at=now,
+        )
+
+    until = now + timedelta(days=3)
+    assert describe([], now) == "push: not set up yet (the next poll that reads the feed will)"
+    assert describe([row(PushState.ACTIVE, lease=timedelta(days=3))], now) == (
+        f"push: active until <t:{int(until.timestamp())}:f>"
+    )
+    assert describe([row(PushState.SUBSCRIBING)], now) == (
+        "push: waiting for the hub to confirm the subscription"
+    )
+    assert (
+        describe(
+            [row(PushState.ACTIVE, lease=timedelta(days=3)), row(PushState.UNAVAILABLE, "no hub")],
+            now,
+        )
+        == "push: not available: no hub"
+    )
+    assert describe([row(PushState.ACTIVE, lease=-timedelta(seconds=1))], now) == (
+        "push: not available: the hub subscription has lapsed; it is being renewed"
+    )
