@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,17 +15,21 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.fetch import create_session
+from bot.fetch import Fetcher, create_session
+from bot.ingest import Ingestor
 from bot.models import PushLinks
 from bot.parse import parse_feed
+from bot.polling import Poller
+from bot.untrusted import Untrusted, open_pool
 from bot.websub import SAFETY_FACTOR, WebSub, describe, safety_interval, signature_valid
-from storage import Database, SubscriptionRepo
+from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
 from storage.push import PushRepo, PushState, PushTopic
 from storage.records import Subscription
 from tests import recording
-from tests.feedserver import FIXTURES
+from tests.feedserver import FIXTURES, FeedServer
 from tests.websub_hub import HubDouble
 
+HUB_IN_FIXTURES = b"http://pubsubhubbub.appspot.com/"
 POSTS = "https://blog.example/feeds/posts/default"
 COMMENTS = "https://blog.example/feeds/comments/default"
 POSTS_TOPIC = "https://www.blogger.com/feeds/42/posts/default"
@@ -106,6 +110,7 @@ async def subscriber(
 ) -> AsyncIterator[tuple[WebSub, Polls, int]]:
     """A ``WebSub`` with its routes on a callback server of the test's own."""
     polls = Polls()
+    on_notify = options.pop("on_notify", polls)
     session = create_session(allow_private=allow_private)
     app = web.Application()
     runner = web.AppRunner(app)
@@ -116,7 +121,7 @@ async def subscriber(
             session,
             public_url="http://127.0.0.1:0",
             allow_private=allow_private,
-            on_notify=polls,
+            on_notify=on_notify,
             max_body_bytes=1_000_000,
             **{"coalesce_seconds": 0.2, "maintain_seconds": 0.05, **options},
         )
@@ -376,6 +381,20 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def until_async(count: Callable[[], Awaitable[int]], expected: int) -> None:
+    """Wait until ``await count()`` is ``expected``, looking every 20 ms."""
+    async with asyncio.timeout(10):
+        while await count() != expected:
+            await asyncio.sleep(0.02)
+
+
+async def _stored_comments(database: Database, subscription_id: int) -> int:
+    rows = await database.fetch(
+        "SELECT count(*) FROM comments WHERE subscription_id = ?", (subscription_id,)
+    )
+    return int(rows[0][0])
+
+
 async def recording_delete(push: Push) -> None:
     """Delete the subscription the way ``/blog unsubscribe`` does, after ``remove``."""
     await SubscriptionRepo(push.database).delete(push.sub.id)
@@ -497,3 +516,62 @@ def test_status_lines_in_plain_words() -> None:
     assert describe([row(PushState.ACTIVE, lease=-timedelta(seconds=1))], now) == (
         "push: not available: the hub subscription has lapsed; it is being renewed"
     )
+
+
+async def test_a_notification_brings_a_new_comment_in_through_the_poller(
+    database: Database, loopback_only: None
+) -> None:
+    """Wired as the bot will be: a poll reports the feeds' hub, the subscription is pushed,
+    and a comment published later is recorded by the poll the notification triggers."""
+    async with (
+        FeedServer() as server,
+        HubDouble() as hub,
+        create_session(allow_private=True) as session,
+        open_pool() as pool,
+    ):
+        seed = FIXTURES / "seed"
+        posts = (seed / "posts.atom.xml").read_bytes().replace(HUB_IN_FIXTURES, hub.url.encode())
+        full = (seed / "comments.atom.xml").read_bytes().replace(HUB_IN_FIXTURES, hub.url.encode())
+        first, end = full.index(b"<entry>"), full.index(b"</entry>") + len(b"</entry>")
+        server.route("/feeds/posts/default", posts)
+        server.route("/feeds/comments/default", full[:first] + full[end:])
+        subs, comments = SubscriptionRepo(database), CommentRepo(database)
+        fetcher = Fetcher(session, timeout=10, max_bytes=1_000_000, allow_private=True)
+        ingestor = Ingestor(fetcher, subs, ArticleRepo(database), comments, Untrusted(pool))
+        poller = Poller(ingestor, subs)
+        sub = await subs.add(
+            guild_id=1,
+            channel_id=10,
+            feed_url=server.url("/feeds/posts/default"),
+            blog_url=None,
+            blog_title="",
+            dialect="blogger",
+            comments_feed_url=server.url("/feeds/comments/default"),
+            mirror_comments=True,
+            backfill=1,
+            interval_seconds=600,
+            now=datetime(2019, 4, 1, tzinfo=UTC),
+            next_poll_at=datetime(2019, 4, 1, tzinfo=UTC),
+        )
+        running: list[WebSub] = []
+
+        async def poll(subscription_id: int) -> None:
+            """What the bot's ``on_notify`` does: poll, then keep push in line with the feed."""
+            current = await subs.get(subscription_id)
+            assert current is not None
+            outcome = await poller.poll(current)
+            assert outcome.summary is not None, outcome.error
+            await running[0].observe(subscription_id, outcome.summary.push_links)
+
+        async with subscriber(database, on_notify=poll) as (websub, _polls, _port):
+            running.append(websub)
+            await poll(sub.id)
+            blog = "https://www.blogger.com/feeds/4790201928346512375"
+            topics = (f"{blog}/posts/default", f"{blog}/comments/default")
+            await hub.wait_for(lambda: all(hub.active(topic) for topic in topics))
+            await until_async(lambda: _stored_comments(database, sub.id), 6)
+            assert await websub.pushed([sub.id]) == {sub.id}
+
+            server.route("/feeds/comments/default", full)
+            assert await hub.publish(topics[1], full) == [202]
+            await until_async(lambda: _stored_comments(database, sub.id), 7)
