@@ -221,6 +221,8 @@ class WebSub:
         self.retry_unavailable = retry_unavailable
         self.coalescer = Coalescer(on_notify, window=coalesce_seconds)
         self._maintainer: asyncio.Task[None] | None = None
+        # Set when rows are due now (new feeds, removals): the hub requests go out at once.
+        self._wake = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -240,11 +242,14 @@ class WebSub:
 
     async def _maintain_forever(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.maintain()
             except Exception:
                 log.exception("WebSub maintenance round failed")
-            await asyncio.sleep(self.maintain_seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.maintain_seconds):
+                    await self._wake.wait()
 
     # --- what the rest of the bot calls ---------------------------------------------------
 
@@ -252,68 +257,42 @@ class WebSub:
         """Bring the subscription's push rows in line with what its feeds advertise.
 
         Called after a poll with ``PollSummary.push_links``: a new pushable feed
-        is subscribed at its hub; a feed whose hub or topic changed is
+        gets a row to subscribe at its hub; a feed whose hub or topic changed is
         unsubscribed at the old hub and subscribed at the new; a feed without a
         hub gets a row saying so (then the subscription is not fully pushed).
+        Only the database is touched here: the hub requests go out from the
+        maintenance task, so a slow hub never holds up a poll. Push trouble never
+        breaks polling, so nothing is raised.
         """
         now = self.clock()
-        rows = {row.feed_url: row for row in await self.repo.for_subscription(subscription_id)}
-        for link in links:
-            hub = link.hub_url
-            topic = (link.self_url or link.feed_url) if hub else None
-            row = rows.get(link.feed_url)
-            if row is not None and row.hub_url == hub and row.topic_url == topic:
-                continue
-            if row is not None:
-                await self._retire(row, now)
-            try:
-                await self._replace_row(subscription_id, link.feed_url, hub, topic, now)
-            except UniqueViolation:
-                # A poll running at the same time (the scheduler's and a push's) got here first.
-                log.debug("WebSub: %s already being set up", link.feed_url)
-
-    async def _replace_row(
-        self,
-        subscription_id: int,
-        feed_url: str,
-        hub: str | None,
-        topic: str | None,
-        now: datetime,
-    ) -> None:
-        """A new row for a feed (its old one already retired): subscribed if it has a hub."""
-        if hub is None:
-            await self._new_row(
-                subscription_id,
-                feed_url,
-                None,
-                None,
-                PushState.UNAVAILABLE,
-                "the feed advertises no WebSub hub",
-                now + _NEVER,
-                now,
-            )
-            return
-        fresh = await self._new_row(
-            subscription_id,
-            feed_url,
-            hub,
-            topic,
-            PushState.SUBSCRIBING,
-            None,
-            now + self.verify_timeout,
-            now,
-        )
-        await self._subscribe(fresh)
+        try:
+            rows = {r.feed_url: r for r in await self.repo.for_subscription(subscription_id)}
+            for link in links:
+                hub = link.hub_url
+                topic = (link.self_url or link.feed_url) if hub else None
+                row = rows.get(link.feed_url)
+                if row is not None and row.hub_url == hub and row.topic_url == topic:
+                    continue
+                if row is not None:
+                    await self.repo.retire(now=now, push_id=row.id)
+                try:
+                    await self._new_row(subscription_id, link.feed_url, hub, topic, now)
+                except UniqueViolation:
+                    # A poll running at the same time (the scheduler's and a push's) got here first.
+                    log.debug("WebSub: %s already being set up", link.feed_url)
+        except Exception:
+            log.exception("WebSub: could not record the hub of subscription %s", subscription_id)
+        self._wake.set()
 
     async def remove(self, subscription_id: int) -> None:
         """Unsubscribe the subscription's feeds at their hubs; call before deleting it.
 
-        The rows are detached first, so deleting the subscription leaves them
-        to answer the hubs' unsubscribe verifications.
+        Its rows are detached, so deleting the subscription leaves them to
+        answer the hubs' unsubscribe verifications; the requests go out from
+        the maintenance task (``/blog unsubscribe`` does not wait for hubs).
         """
-        now = self.clock()
-        for row in await self.repo.detach(subscription_id, now=now):
-            await self._retire(row, now, detached=True)
+        await self.repo.retire(now=self.clock(), subscription_id=subscription_id)
+        self._wake.set()
 
     async def pushed(self, subscription_ids: Iterable[int]) -> set[int]:
         """Which of these subscriptions are fully pushed now (see ``safety_interval``)."""
@@ -414,11 +393,9 @@ class WebSub:
         feed_url: str,
         hub_url: str | None,
         topic_url: str | None,
-        state: PushState,
-        reason: str | None,
-        due_at: datetime,
         now: datetime,
     ) -> PushTopic:
+        """A feed's row: to be subscribed now if it has a hub, else saying it has none."""
         return await self.repo.add(
             subscription_id=subscription_id,
             feed_url=feed_url,
@@ -426,9 +403,9 @@ class WebSub:
             topic_url=topic_url,
             callback_token=secrets.token_urlsafe(24),
             secret=secrets.token_urlsafe(32),
-            state=state,
-            reason=reason,
-            due_at=due_at,
+            state=PushState.SUBSCRIBING if hub_url else PushState.UNAVAILABLE,
+            reason=None if hub_url else "the feed advertises no WebSub hub",
+            due_at=now if hub_url else now + _NEVER,
             now=now,
         )
 
@@ -446,17 +423,9 @@ class WebSub:
                 row.id, failure, due_at=now + self.retry_unavailable, now=now
             )
 
-    async def _retire(self, row: PushTopic, now: datetime, *, detached: bool = False) -> None:
-        """Stop using ``row``: unsubscribe at its hub if it may be subscribed there, else drop."""
-        may_be_subscribed = row.hub_url is not None and row.state in (
-            PushState.ACTIVE,
-            PushState.SUBSCRIBING,
-        )
-        if not may_be_subscribed:
-            await self.repo.delete(row.id)
-            return
-        if not detached:
-            await self.repo.detach_one(row.id, now=now)
+    async def _unsubscribe(self, row: PushTopic) -> None:
+        """Ask the hub to stop pushing a detached row; the hub's verification deletes it."""
+        now = self.clock()
         await self.repo.requested(
             row.id, PushState.UNSUBSCRIBING, due_at=now + self.verify_timeout, now=now
         )
@@ -469,11 +438,17 @@ class WebSub:
     async def _attend(self, row: PushTopic, now: datetime) -> None:
         """Whatever ``row`` is due for."""
         if row.subscription_id is None:
-            if row.state is PushState.UNSUBSCRIBING:
+            if row.state is not PushState.UNSUBSCRIBING:
+                # Its subscription was deleted without ``remove``: unsubscribe now.
+                await self.repo.retire(now=now, push_id=row.id)
+                row = await self.repo.get(row.id) or row
+                if row.state is not PushState.UNSUBSCRIBING:
+                    return
+            if row.requested_at is None:
+                await self._unsubscribe(row)
+            else:
                 log.info("WebSub: %s never confirmed the unsubscription; dropped", row.hub_url)
                 await self.repo.delete(row.id)
-            else:  # its subscription was deleted without ``remove``
-                await self._retire(row, now, detached=True)
             return
         if row.requested_at is not None:  # a request the hub never verified
             reason = (
@@ -490,7 +465,7 @@ class WebSub:
                 row.id, row.reason or "no hub", due_at=now + _NEVER, now=now
             )
             return
-        await self._subscribe(row)  # a renewal, or a retry after being unavailable
+        await self._subscribe(row)  # a first subscription, a renewal, or a retry
 
     async def _ask_hub(self, row: PushTopic, mode: str) -> str | None:
         """POST a (un)subscription request; None when the hub accepted it, else why not."""

@@ -25,7 +25,7 @@ class PushState(StrEnum):
 
     SUBSCRIBING = "subscribing"  # asked the hub; waiting for it to verify our intent
     ACTIVE = "active"  # verified; the hub pushes until ``lease_expires_at``
-    UNSUBSCRIBING = "unsubscribing"  # asked the hub to stop; the row is detached
+    UNSUBSCRIBING = "unsubscribing"  # detached; the hub is (to be) asked to stop
     UNAVAILABLE = "unavailable"  # no push for now (``reason`` says why); polling only
 
 
@@ -249,33 +249,50 @@ class PushRepo:
         changed = await self.db.write_one(
             f"""
             UPDATE push_topics
-            SET state = 'unavailable', reason = ?, requested_at = NULL, lease_expires_at = NULL,
-                due_at = ?, updated_at = ?
+            SET state = 'unavailable', reason = ?, requested_at = NULL, due_at = ?,
+                updated_at = ?
             WHERE id = ?{condition}
             """,
             (reason, to_db_time(due_at), to_db_time(now), push_id),
         )
         return changed == 1
 
-    async def detach(self, subscription_id: int, *, now: datetime) -> list[PushTopic]:
-        """Cut the subscription's rows loose (it is being removed); returns them, detached."""
-        async with self.db.write() as tx:
-            rows = await tx.fetch(
-                """
-                UPDATE push_topics SET subscription_id = NULL, due_at = ?, updated_at = ?
-                WHERE subscription_id = ?
-                RETURNING *
-                """,
-                (to_db_time(now), to_db_time(now), subscription_id),
-            )
-        return [PushTopic.from_row(row) for row in rows]
+    async def retire(
+        self,
+        *,
+        now: datetime,
+        subscription_id: int | None = None,
+        push_id: int | None = None,
+    ) -> int:
+        """Stop using a subscription's rows (it is being removed), or one row (its feed moved).
 
-    async def detach_one(self, push_id: int, *, now: datetime) -> None:
-        """Cut one row loose (its feed moved to another hub or topic)."""
-        await self._update_one(
-            "UPDATE push_topics SET subscription_id = NULL, updated_at = ? WHERE id = ?",
-            (to_db_time(now), push_id),
+        Rows the hub may hold (verified, or asked) become detached ``unsubscribing``
+        rows, due now, so the unsubscription is sent and its verification can
+        still be answered after the subscription is gone; the others are deleted.
+        Returns how many now wait to be unsubscribed.
+        """
+        if (subscription_id is None) == (push_id is None):
+            raise ValueError("retire one subscription's rows or one row")
+        which = "subscription_id = ?" if push_id is None else "id = ?"
+        key = subscription_id if push_id is None else push_id
+        # Verified, asked, or with a lease that may still run (a renewal that failed).
+        held = (
+            "hub_url IS NOT NULL AND (state = 'active' OR requested_at IS NOT NULL "
+            "OR coalesce(lease_expires_at, '') > ?)"
         )
+        async with self.db.write() as tx:
+            await tx.execute(
+                f"DELETE FROM push_topics WHERE {which} AND NOT ({held})", (key, to_db_time(now))
+            )
+            return await tx.execute(
+                f"""
+                UPDATE push_topics
+                SET subscription_id = NULL, state = 'unsubscribing', requested_at = NULL,
+                    due_at = ?, updated_at = ?
+                WHERE {which}
+                """,
+                (to_db_time(now), to_db_time(now), key),
+            )
 
     async def delete(self, push_id: int) -> None:
         await self.db.write_one("DELETE FROM push_topics WHERE id = ?", (push_id,))

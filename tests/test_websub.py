@@ -262,9 +262,7 @@ async def test_removing_a_subscription_unsubscribes_at_the_hub(push: Push) -> No
         COMMENTS_TOPIC,
     }
     await recording_delete(push)
-    async with asyncio.timeout(10):
-        while await push.database.fetch("SELECT id FROM push_topics"):
-            await asyncio.sleep(0.02)
+    await until_async(lambda: _push_rows(push.database), 0)
     assert await push.hub.notify(callback, secret, b"<feed/>") == 410
     assert push.polls.calls == []
 
@@ -352,8 +350,11 @@ async def test_a_hub_on_a_private_address_is_refused(
     ):
         hub_url = f"http://{host}:{hub.port}/"
         await websub.observe(sub.id, [PushLinks(POSTS, hub_url, POSTS_TOPIC)])
-        [row] = await websub.repo.for_subscription(sub.id)
-        assert row.state is PushState.UNAVAILABLE
+        async with asyncio.timeout(10):
+            while (row := (await websub.repo.for_subscription(sub.id))[0]).state is not (
+                PushState.UNAVAILABLE
+            ):
+                await asyncio.sleep(0.02)
         assert row.reason == (
             f"the hub {host} is on a private address (set ALLOW_PRIVATE_ADDRESSES=true to allow it)"
         )
@@ -393,6 +394,10 @@ async def _stored_comments(database: Database, subscription_id: int) -> int:
         "SELECT count(*) FROM comments WHERE subscription_id = ?", (subscription_id,)
     )
     return int(rows[0][0])
+
+
+async def _push_rows(database: Database) -> int:
+    return int((await database.fetch("SELECT count(*) FROM push_topics"))[0][0])
 
 
 async def recording_delete(push: Push) -> None:
@@ -575,3 +580,29 @@ async def test_a_notification_brings_a_new_comment_in_through_the_poller(
             server.route("/feeds/comments/default", full)
             assert await hub.publish(topics[1], full) == [202]
             await until_async(lambda: _stored_comments(database, sub.id), 7)
+
+
+async def test_a_subscription_deleted_without_remove_is_unsubscribed_at_renewal(
+    database: Database, loopback_only: None
+) -> None:
+    """A push row orphaned by a plain delete is unsubscribed when it next falls due."""
+    sub = await recording.add_subscription(database, now=datetime.now(UTC))
+    async with HubDouble(grant_lease=1) as hub, subscriber(database) as (websub, _polls, _port):
+        await websub.observe(sub.id, [PushLinks(POSTS, hub.url, POSTS_TOPIC)])
+        await hub.wait_for(lambda: bool(hub.active(POSTS_TOPIC)))
+        await SubscriptionRepo(database).delete(sub.id)
+        await hub.wait_for(lambda: any(r.mode == "unsubscribe" for r in hub.requests))
+        await hub.wait_for(lambda: not hub.subscriptions)
+        await until_async(lambda: _push_rows(database), 0)
+
+
+async def test_rows_no_hub_holds_are_dropped_at_once(push: Push) -> None:
+    """Removing a subscription whose feeds were never subscribed asks no hub anything."""
+    push.hub.fail_status = 503
+    await push.websub.observe(
+        push.sub.id, [PushLinks(POSTS, push.hub.url, POSTS_TOPIC), PushLinks(COMMENTS, None, None)]
+    )
+    await push.wait_rows(lambda rows: all(r.state is PushState.UNAVAILABLE for r in rows))
+    await push.websub.remove(push.sub.id)
+    assert await _push_rows(push.database) == 0
+    assert [r.mode for r in push.hub.requests] == ["subscribe"]
