@@ -5,7 +5,8 @@ How it fits together:
 * Every poll that reads a feed body reports the feed's ``rel="hub"`` and
   ``rel="self"`` links (``PollSummary.push_links``); ``WebSub.observe`` keeps one
   ``push_topics`` row per pushable feed of a subscription (the posts feed and the
-  blog-wide comments feed) and asks the hub to subscribe.
+  blog-wide comments feed). Every request to a hub goes out from one maintenance
+  task (``maintain``), so a slow hub never holds up a poll or a command.
 * Each row has its own callback URL, ``PUBLIC_URL/websub/<token>``, the token
   unguessable (``secrets.token_urlsafe``), and its own secret for the hub's
   signatures. The callback never fetches anything a request names.
@@ -355,11 +356,7 @@ class WebSub:
             return web.Response(text=challenge, content_type="text/plain")
         if mode == "denied" and row.subscription_id is not None:
             said = _plain(query.get("hub.reason", ""))
-            reason = (
-                f"the hub refused the subscription ({said})"
-                if said
-                else ("the hub refused the subscription")
-            )
+            reason = "the hub refused the subscription" + (f" ({said})" if said else "")
             if await self.repo.mark_unavailable(
                 row.id, reason, due_at=now + self.retry_unavailable, now=now
             ):
