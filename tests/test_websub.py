@@ -526,8 +526,7 @@ def test_status_lines_in_plain_words() -> None:
 async def test_a_notification_brings_a_new_comment_in_through_the_poller(
     database: Database, loopback_only: None
 ) -> None:
-    """Wired as the bot will be: a poll reports the feeds' hub, the subscription is pushed,
-    and a comment published later is recorded by the poll the notification triggers."""
+    """Wired as the bot will be: a later comment arrives by the poll a notification triggers."""
     async with (
         FeedServer() as server,
         HubDouble() as hub,
@@ -606,3 +605,25 @@ async def test_rows_no_hub_holds_are_dropped_at_once(push: Push) -> None:
     await push.websub.remove(push.sub.id)
     assert await _push_rows(push.database) == 0
     assert [r.mode for r in push.hub.requests] == ["subscribe"]
+
+
+async def test_a_hub_that_does_not_answer_in_time_leaves_push_unavailable(
+    database: Database, loopback_only: None
+) -> None:
+    """A hub slower than the timeout is a failure, and its late verification is refused."""
+    sub = await recording.add_subscription(database, now=datetime.now(UTC))
+    async with (
+        HubDouble(delay=1) as hub,
+        subscriber(database, hub_timeout=0.2) as (websub, _polls, _port),
+    ):
+        await websub.observe(sub.id, [PushLinks(POSTS, hub.url, POSTS_TOPIC)])
+        async with asyncio.timeout(10):
+            while (row := (await websub.repo.for_subscription(sub.id))[0]).state is not (
+                PushState.UNAVAILABLE
+            ):
+                await asyncio.sleep(0.02)
+        assert row.reason == "the hub 127.0.0.1 did not answer within 0.2 s"
+        # The hub gets round to verifying later: too late, it is refused.
+        await hub.wait_for(lambda: len(hub.verifications) == 1)
+        assert hub.verifications[0].status == 404
+        assert hub.subscriptions == {}

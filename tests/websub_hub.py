@@ -5,7 +5,7 @@ requests (answering 202), verifies each intent by calling the subscriber's
 callback with ``hub.mode``, ``hub.topic``, ``hub.challenge`` and
 ``hub.lease_seconds`` and checking the echo, and publishes notifications signed
 with each subscriber's secret. On demand it misbehaves: answers requests with an
-error status, never verifies, grants a lease of its choosing, signs with another
+error status or too slowly, never verifies, grants a lease of its choosing, signs with another
 algorithm, a wrong secret or not at all, or denies a subscription. It can also
 send a verification nobody asked for, as an attacker would.
 
@@ -74,6 +74,8 @@ class HubDouble:
     grant_lease: int | None = None
     """Lease to grant instead of the one asked for."""
     algorithm: str = "sha256"
+    delay: float = 0.0
+    """Seconds to wait before answering an (un)subscription request."""
     requests: list[HubRequest] = field(default_factory=list)
     verifications: list[Verification] = field(default_factory=list)
     subscriptions: dict[tuple[str, str], HubSubscription] = field(default_factory=dict)
@@ -139,6 +141,7 @@ class HubDouble:
             lease_seconds=int(str(lease)) if lease is not None else None,
         )
         await self._record(lambda: self.requests.append(hub_request))
+        await asyncio.sleep(self.delay)
         if self.fail_status is not None:
             return web.Response(status=self.fail_status, text="hub trouble")
         if hub_request.mode not in ("subscribe", "unsubscribe"):
