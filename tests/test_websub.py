@@ -149,8 +149,7 @@ async def push(database: Database, loopback_only: None) -> AsyncIterator[Push]:
 
 
 async def test_subscribes_at_the_hub_and_confirms_its_own_intent(push: Push) -> None:
-    """Each feed is subscribed with its own callback and secret; the hub's verification
-    activates it with the hub's lease, and the subscription then polls 4x less often."""
+    """Each feed gets its own callback and secret; verified, push is active for the hub's lease."""
     rows = await push.activate()
     subscribes = [r for r in push.hub.requests if r.mode == "subscribe"]
     assert {r.topic for r in subscribes} == {POSTS_TOPIC, COMMENTS_TOPIC}
