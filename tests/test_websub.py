@@ -626,3 +626,40 @@ async def test_a_hub_that_does_not_answer_in_time_leaves_push_unavailable(
         await hub.wait_for(lambda: len(hub.verifications) == 1)
         assert hub.verifications[0].status == 404
         assert hub.subscriptions == {}
+
+
+async def test_only_the_pending_intent_is_confirmed(
+    database: Database, loopback_only: None
+) -> None:
+    """While our subscribe awaits verification, only its exact topic, mode and a challenge count."""
+    sub = await recording.add_subscription(database, now=datetime.now(UTC))
+    async with HubDouble(verify=False) as hub, subscriber(database) as (websub, _polls, _port):
+        await websub.observe(sub.id, [PushLinks(POSTS, hub.url, POSTS_TOPIC)])
+        await hub.wait_for(lambda: len(hub.requests) == 1)
+        callback = hub.requests[0].callback
+        forged = [
+            await hub.verify_intent(callback, "https://evil.example/feed", "subscribe"),
+            await hub.verify_intent(callback, POSTS_TOPIC, "unsubscribe"),
+            await hub.verify_intent(callback, POSTS_TOPIC, "subscribe", challenge=""),
+            await hub.verify_intent(callback, POSTS_TOPIC, "subscribe", challenge="x" * 2000),
+        ]
+        assert [v.status for v in forged] == [404, 404, 404, 404]
+        assert await hub.deny(callback, "https://evil.example/feed", "no") == 404
+        [row] = await websub.repo.for_subscription(sub.id)
+        assert (row.state, row.requested_at is not None) == (PushState.SUBSCRIBING, True)
+        genuine = await hub.verify_intent(callback, POSTS_TOPIC, "subscribe", 3600)
+        assert (genuine.status, genuine.confirmed) == (200, True)
+        [row] = await websub.repo.for_subscription(sub.id)
+        assert row.state is PushState.ACTIVE
+
+
+async def test_notifications_while_unsubscribing_are_gone(push: Push) -> None:
+    """Once removed, a subscription's notifications get 410 even before the hub confirms."""
+    await push.activate()
+    [held] = push.hub.active(POSTS_TOPIC)
+    push.hub.verify = False
+    await push.websub.remove(push.sub.id)
+    await push.hub.wait_for(lambda: sum(r.mode == "unsubscribe" for r in push.hub.requests) == 2)
+    assert await push.hub.notify(held.callback, held.secret, b"<feed/>") == 410
+    assert await _push_rows(push.database) == 2
+    assert push.polls.calls == []

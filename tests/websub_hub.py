@@ -169,18 +169,33 @@ class HubDouble:
             await self._record(lambda: self.subscriptions.pop(key, None))
 
     async def verify_intent(
-        self, callback: str, topic: str, mode: str, lease_seconds: int = 86_400
+        self,
+        callback: str,
+        topic: str,
+        mode: str,
+        lease_seconds: int = 86_400,
+        *,
+        challenge: str | None = None,
     ) -> Verification:
-        """Send one verification GET (also usable on its own, as a forger would)."""
+        """Send one verification GET (also usable on its own, as a forger would).
+
+        ``challenge``: sent instead of a random one; ``""`` sends none at all.
+        """
         assert self._session is not None
-        challenge = secrets.token_urlsafe(16)
-        params = {"hub.mode": mode, "hub.topic": topic, "hub.challenge": challenge}
+        challenge = secrets.token_urlsafe(16) if challenge is None else challenge
+        params = {"hub.mode": mode, "hub.topic": topic}
+        if challenge:
+            params["hub.challenge"] = challenge
         if mode == "subscribe":
             params["hub.lease_seconds"] = str(lease_seconds)
         async with self._session.get(callback, params=params) as response:
             text = await response.text()
             verification = Verification(
-                mode, topic, callback, response.status, response.ok and text == challenge
+                mode,
+                topic,
+                callback,
+                response.status,
+                response.ok and bool(text) and text == challenge,
             )
         await self._record(lambda: self.verifications.append(verification))
         return verification
