@@ -56,7 +56,8 @@ async def _run_with_database(settings: Settings) -> None:
     try:
         db = await open_database(path=settings.database_path, url=settings.database_url)
     except DatabaseTooNewError as exc:
-        raise BlogMirrorError(str(exc)) from None
+        # Written by a newer blogmirror: only an upgrade (or another database) helps.
+        raise CannotStartError(str(exc)) from None
     except DatabaseCorruptError as exc:
         raise CannotStartError(
             f"the database file {settings.database_path} is damaged or not a SQLite database "

@@ -119,6 +119,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         """Set as soon as ``close()`` begins: ends a start-up wait at once (``bot.startup``)."""
 
     async def setup_hook(self) -> None:
+        await self.service.follow_default_interval()
         # A log-in retried at start (bot.startup) runs this again: load only what is not loaded.
         for extension in EXTENSIONS:
             if extension not in self.extensions:

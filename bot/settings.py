@@ -275,4 +275,14 @@ def configure_logging(level: str) -> None:
     logging.getLogger("discord.gateway").setLevel(logging.WARNING)
     # Its only INFO line, "logging in using static token", would double each retried
     # start-up attempt's own line (bot.startup).
-    logging.getLogger("discord.client").setLevel(logging.WARNING)
+    discord_client = logging.getLogger("discord.client")
+    discord_client.setLevel(logging.WARNING)
+    # The bot never joins a voice channel: discord.py's warnings that PyNaCl or davey
+    # is missing ("voice will NOT be supported") would only send operators looking for
+    # a problem there is not. Its other warnings stay.
+    discord_client.addFilter(_not_about_voice)
+
+
+def _not_about_voice(record: logging.LogRecord) -> bool:
+    """False for discord.py's "<library> is not installed, voice will NOT be supported"."""
+    return not (isinstance(record.msg, str) and record.msg.endswith("voice will NOT be supported"))

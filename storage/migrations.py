@@ -287,9 +287,17 @@ V4 = """
 ALTER TABLE comments ADD COLUMN published_offset INTEGER;
 """
 
-# Versions 5 and 6 are reserved for changes being made on other branches (5: /blog
-# edit's mention role and per-feed interval); empty here, filled in when those merge.
-V5 = ""
+# Version 5: what ``/blog edit`` changes. ``mention_role_id``: the role pinged in each
+# new article message (NULL: none). ``interval_custom``: 1 when a moderator chose
+# ``interval_seconds``; 0 when it is the bot's default (POLL_INTERVAL_SECONDS), which
+# every subscription stored before had.
+V5 = """
+ALTER TABLE subscriptions ADD COLUMN mention_role_id INTEGER;
+ALTER TABLE subscriptions ADD COLUMN interval_custom INTEGER NOT NULL DEFAULT 0;
+"""
+
+# Version 6 is reserved for a change being made on another branch; empty here, filled
+# in when it merges.
 V6 = ""
 
 # Version 7: WebSub push (SPEC §6, ``bot/websub.py``). One row per pushable feed of a
@@ -486,7 +494,11 @@ PG_V4 = """
 ALTER TABLE comments ADD COLUMN published_offset INTEGER;
 """
 
-PG_V5 = ""
+PG_V5 = """
+ALTER TABLE subscriptions ADD COLUMN mention_role_id BIGINT;
+ALTER TABLE subscriptions ADD COLUMN interval_custom INTEGER NOT NULL DEFAULT 0;
+"""
+
 PG_V6 = ""
 
 PG_V7 = """

@@ -103,6 +103,10 @@ class Subscription:
     last_error_status: int | None
     last_error_at: datetime | None
     comments_seen_until: datetime | None
+    mention_role_id: int | None = None
+    """The role pinged in each new article message (``/blog edit … mention``)."""
+    interval_custom: bool = False
+    """``interval_seconds`` was chosen by a moderator, not the bot's default."""
 
     @classmethod
     def from_row(cls, row: Any) -> Subscription:
@@ -128,6 +132,8 @@ class Subscription:
             last_error_status=row["last_error_status"],
             last_error_at=optional_time(row["last_error_at"]),
             comments_seen_until=optional_time(row["comments_seen_until"]),
+            mention_role_id=row["mention_role_id"],
+            interval_custom=bool(row["interval_custom"]),
         )
 
     @property

@@ -23,6 +23,10 @@ class DuplicateSubscriptionError(Exception):
     """This feed is already subscribed in this channel."""
 
 
+class SubscriptionGoneError(Exception):
+    """The subscription was removed while it was being changed."""
+
+
 class SubscriptionRepo:
     """Subscriptions. Guild-scoped lookups take ``guild_id`` so guilds stay isolated."""
 
@@ -243,6 +247,50 @@ class SubscriptionRepo:
                     "UPDATE subscriptions SET state = ? WHERE id = ?",
                     (state.value, subscription_id),
                 )
+
+    async def edit(
+        self,
+        subscription_id: int,
+        *,
+        mirror_comments: bool,
+        mention_role_id: int | None,
+        interval_seconds: int,
+        interval_custom: bool,
+        next_poll_at: datetime,
+    ) -> None:
+        """Store what ``/blog edit`` changed; raise ``SubscriptionGoneError`` when it
+        was removed meanwhile (an UPDATE of no row is not success)."""
+        async with self.db.write() as tx:
+            row = await tx.fetchone(
+                """
+                UPDATE subscriptions
+                SET mirror_comments = ?, mention_role_id = ?, interval_seconds = ?,
+                    interval_custom = ?, next_poll_at = ?
+                WHERE id = ?
+                RETURNING id
+                """,
+                (
+                    int(mirror_comments),
+                    mention_role_id,
+                    interval_seconds,
+                    int(interval_custom),
+                    to_db_time(next_poll_at),
+                    subscription_id,
+                ),
+            )
+        if row is None:
+            raise SubscriptionGoneError(subscription_id)
+
+    async def follow_default_interval(self, seconds: int) -> int:
+        """Subscriptions on the bot's default interval take its current value (it may have
+        changed since they were stored); returns how many changed. Custom ones keep theirs."""
+        return await self.db.write_one(
+            """
+            UPDATE subscriptions SET interval_seconds = ?
+            WHERE interval_custom = 0 AND interval_seconds <> ?
+            """,
+            (seconds, seconds),
+        )
 
     async def update_feed_info(
         self, subscription_id: int, *, blog_title: str, comments_feed_url: str | None

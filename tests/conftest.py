@@ -178,11 +178,14 @@ async def running_bot(
         with double.patched():
             async with (
                 open_pool() as pool,
-                create_session(allow_private=True) as session,
+                create_session(allow_private=config.allow_private_addresses) as session,
                 aiohttp.ClientSession() as discord_session,
             ):
                 fetcher = Fetcher(
-                    session, timeout=10, max_bytes=config.max_feed_bytes, allow_private=True
+                    session,
+                    timeout=config.feed_timeout_seconds,
+                    max_bytes=config.max_feed_bytes,
+                    allow_private=config.allow_private_addresses,
                 )
                 rest = DiscordRest(discord_session, token=TEST_TOKEN, pacer=Pacer())
                 bot = TestBot(
