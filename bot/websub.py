@@ -69,6 +69,8 @@ CALLBACK_PREFIX: Final = "/websub/"
 LEASE_SECONDS: Final = 10 * 86_400
 """Lease asked of the hub; the hub's answer at verification is what counts."""
 MIN_LEASE_SECONDS: Final = 1
+MAX_LEASE_SECONDS: Final = 366 * 86_400
+"""Longer leases are counted as this (renewed early rather than never)."""
 RENEW_FRACTION: Final = 0.85
 VERIFY_TIMEOUT: Final = timedelta(minutes=5)
 RETRY_UNAVAILABLE: Final = timedelta(hours=6)
@@ -521,7 +523,7 @@ def _lease_seconds(raw: str | None, asked: int) -> int:
         granted = int(raw) if raw is not None else asked
     except ValueError:
         granted = asked
-    return max(granted, MIN_LEASE_SECONDS)
+    return min(max(granted, MIN_LEASE_SECONDS), MAX_LEASE_SECONDS)
 
 
 def _plain(text: str) -> str:

@@ -653,10 +653,12 @@ async def test_only_the_pending_intent_is_confirmed(
         assert await hub.deny(callback, "https://evil.example/feed", "no") == 404
         [row] = await websub.repo.for_subscription(sub.id)
         assert (row.state, row.requested_at is not None) == (PushState.SUBSCRIBING, True)
-        genuine = await hub.verify_intent(callback, POSTS_TOPIC, "subscribe", 3600)
+        # An absurd lease is taken as a year, not an overflow.
+        genuine = await hub.verify_intent(callback, POSTS_TOPIC, "subscribe", 10**15)
         assert (genuine.status, genuine.confirmed) == (200, True)
         [row] = await websub.repo.for_subscription(sub.id)
-        assert row.state is PushState.ACTIVE
+        assert row.state is PushState.ACTIVE and row.lease_expires_at is not None
+        assert row.lease_expires_at < datetime.now(UTC) + timedelta(days=367)
 
 
 async def test_notifications_while_unsubscribing_are_gone(push: Push) -> None:
