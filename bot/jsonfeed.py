@@ -64,7 +64,18 @@ def parse_json_feed(
         articles=tuple(articles) if kind != "comments" else (),
         next_url=absolute(base_url, _str(document, "next_url") or None),
         warnings=tuple(warnings),
+        hub_url=absolute(base_url, _websub_hub(document)),
+        self_url=absolute(base_url, _str(document, "feed_url") or None),
     )
+
+
+def _websub_hub(document: Mapping[str, Any]) -> str | None:
+    """The first ``hubs`` entry of type WebSub (JSON Feed's ``rel="hub"``)."""
+    hubs = document.get("hubs")
+    for hub in hubs if isinstance(hubs, list) else []:
+        if isinstance(hub, dict) and _str(hub, "type").lower() == "websub" and _str(hub, "url"):
+            return _str(hub, "url")
+    return None
 
 
 def _article(

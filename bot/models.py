@@ -68,3 +68,14 @@ class ParsedFeed:
     next_url: str | None = None
     comments_feed_url: str | None = None  # blog-wide comments feed, where the dialect has one
     warnings: tuple[str, ...] = field(default=())
+    hub_url: str | None = None  # WebSub: the feed's ``rel="hub"`` link
+    self_url: str | None = None  # WebSub: the feed's ``rel="self"`` link, the hub's topic
+
+
+@dataclass(frozen=True, slots=True)
+class PushLinks:
+    """What a fetched feed says about WebSub push: its hub and topic, if any."""
+
+    feed_url: str  # the URL the bot polls
+    hub_url: str | None
+    self_url: str | None

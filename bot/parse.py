@@ -112,6 +112,8 @@ def parse_feed(
         next_url=absolute(base_url, _link(feed, "next")),
         comments_feed_url=_blog_comments_feed(dialect, kind, url, site_url, _link(feed, "self")),
         warnings=tuple(warnings),
+        hub_url=absolute(base_url, _link(feed, "hub")),
+        self_url=absolute(base_url, _link(feed, "self")),
     )
 
 

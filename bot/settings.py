@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -31,6 +32,7 @@ DEFAULTS: Mapping[str, str] = {
     "SHARD_IDS": "",
     "WEB_PORT": "",
     "WEB_HOST": "127.0.0.1",
+    "PUBLIC_URL": "",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -73,6 +75,8 @@ class Settings:
     web_port: int | None = None
     """The health/metrics server's port; None: no server; 0: any free port (logged)."""
     web_host: str = "127.0.0.1"
+    # https base URL of the bot's web server as the internet reaches it (WebSub callbacks).
+    public_url: str | None = None
 
 
 def read_environment(environ: Mapping[str, str], dotenv_path: Path | None) -> dict[str, str]:
@@ -140,6 +144,7 @@ def load_settings(
         # 0 asks the system for a free port (tests, several bots on one machine).
         web_port = _integer(values, "WEB_PORT", problems, minimum=0, maximum=65535)
     web_host = _host(values["WEB_HOST"], problems)
+    public_url = _public_url(values["PUBLIC_URL"], problems)
 
     if problems:
         raise SettingsError(problems)
@@ -161,6 +166,7 @@ def load_settings(
         shard_ids=shard_ids,
         web_port=web_port,
         web_host=web_host,
+        public_url=public_url,
     )
 
 
@@ -230,6 +236,38 @@ def _host(raw: str, problems: list[str]) -> str:
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+def _public_url(raw: str, problems: list[str]) -> str | None:
+    """``PUBLIC_URL``: an https base URL (http only for a loopback host, as in tests).
+
+    Hubs send the callback its secret and signed notifications: plain http on
+    the internet would hand both to anyone on the path.
+    """
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError:
+        host = ""
+    shape_ok = bool(host) and not (parts.query or parts.fragment or parts.username)
+    loopback = host == "localhost" or _is_loopback(host)
+    if not shape_ok or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        # A value with user:password@ in it is not echoed.
+        got = "" if parts.username or parts.password or "@" in raw else f" (got {raw!r})"
+        problems.append(
+            f"PUBLIC_URL must be an https:// base URL such as https://bot.example.org{got}."
+        )
+        return None
+    return raw.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _number(values: Mapping[str, str], name: str, problems: list[str]) -> float | None:

@@ -131,3 +131,38 @@ def test_an_invalid_web_host_is_a_settings_problem(host: str) -> None:
         load_settings({"DISCORD_TOKEN": TOKEN, "WEB_HOST": host})
     [problem] = caught.value.problems
     assert problem.startswith("WEB_HOST must be an IP address or a host name")
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", None),
+        ("https://bot.example.org/", "https://bot.example.org"),
+        ("https://bot.example.org/blogmirror", "https://bot.example.org/blogmirror"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:8080/", "http://localhost:8080"),
+    ],
+)
+def test_public_url_is_an_https_base(value: str, expected: str | None) -> None:
+    """PUBLIC_URL is an https base URL (plain http only for loopback), kept without its slash."""
+    assert load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": value}).public_url == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://bot.example.org",
+        "http://10.0.0.5",
+        "ftp://bot.example.org",
+        "bot.example.org",
+        "https://",
+        "https://bot.example.org/?x=1",
+        "https://user:pw@bot.example.org",
+        "https://bot.example.org:99999",
+    ],
+)
+def test_public_url_refuses_anything_else(value: str) -> None:
+    """Plain http on the internet, other schemes, queries and credentials are refused."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": value})
+    assert any(problem.startswith("PUBLIC_URL must be") for problem in caught.value.problems)
+    assert "pw" not in caught.value.render()
