@@ -10,14 +10,13 @@ the comments feed gains it and the hub notifies at once, as Blogger's does. The
 latency is from the notification being sent to the moment the Discord double
 answered the comment's message.
 
-Until the bot's own web server is merged, the callback routes are mounted on a
-small aiohttp server of this benchmark's and ``WebSub`` is attached to the bot
-here (``bot.poller.push``, ``on_notify`` running ``bot.cycle``), the way
-``main()`` is to wire it.
+The bot is wired as ``run_bot`` wires it: ``PUBLIC_URL`` and ``WEB_PORT`` set,
+the callback routes on the bot's own web server, a notification running the
+normal poll-and-deliver cycle.
 
 Budget: p95 ≤ 3 s, and every comment exactly once.
 
-Run ``python -m bench.push_latency [--comments 20]``; prints one JSON object,
+Run ``python -m bench.push_latency [--comments 50]``; prints one JSON object,
 exits 0 within budget and 1 over it (2 if the set-up went wrong).
 """
 
@@ -36,17 +35,15 @@ if __package__ in (None, ""):  # run as a file: make ``bench``, ``bot`` and ``te
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pytest
-from aiohttp import web
 
 from bench.common import InvalidRunError, percentile, run
-from bot.fetch import create_session
 from bot.render import comment_key, key_in
+from bot.web import serve
 from bot.websub import WebSub
-from storage.push import PushRepo
 from tests.conftest import Harness, running_bot
 from tests.discord_double import ROUTE_MESSAGES
 from tests.feedgen import GenComment, at, blogger_comments, blogger_post, blogger_posts
-from tests.feedserver import guard_loopback_only
+from tests.feedserver import free_port, guard_loopback_only
 from tests.websub_hub import HubDouble
 
 BUDGET_P95_S = 3.0
@@ -92,46 +89,22 @@ async def measure(count: int) -> dict[str, Any]:
         pytest.MonkeyPatch.context() as patch,
     ):
         guard_loopback_only(patch)  # nothing but 127.0.0.1, ever
+        port = free_port()
         async with (
-            running_bot(Path(tmp), poll_interval_seconds=POLL_INTERVAL) as harness,
             HubDouble() as hub,
-            create_session(allow_private=True) as session,
+            running_bot(
+                Path(tmp),
+                poll_interval_seconds=POLL_INTERVAL,
+                web_port=port,
+                public_url=f"http://127.0.0.1:{port}",
+            ) as harness,
         ):
-            return await _measure(harness, hub, session, count)
-
-
-async def _measure(harness: Harness, hub: HubDouble, session: Any, count: int) -> dict[str, Any]:
-    bot = harness.bot
-
-    async def on_notify(subscription_id: int) -> None:
-        sub = await bot.subscriptions.get(subscription_id)
-        if sub is not None:
-            await bot.cycle(sub)
-
-    websub = WebSub(
-        PushRepo(bot.db),
-        session,
-        public_url="http://127.0.0.1:0",
-        allow_private=True,
-        on_notify=on_notify,
-        max_body_bytes=bot.settings.max_feed_bytes,
-    )
-    app = web.Application()
-    app.add_routes(websub.routes())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        websub.public_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        bot.poller.push = websub
-        websub.start()
-        try:
-            return await _run(harness, hub, websub, count)
-        finally:
-            await websub.stop()
-    finally:
-        await runner.cleanup()
+            websub = harness.bot.websub
+            if websub is None:
+                raise InvalidRunError("the bot did not set up WebSub")
+            # The bot's own web server with its callback routes, as run_bot serves it.
+            async with serve(harness.bot.settings, harness.bot, websub.routes()):
+                return await _run(harness, hub, websub, count)
 
 
 async def _run(harness: Harness, hub: HubDouble, websub: WebSub, count: int) -> dict[str, Any]:
@@ -191,7 +164,7 @@ async def _run(harness: Harness, hub: HubDouble, websub: WebSub, count: int) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--comments", type=int, default=20, help="comments published, one by one")
+    parser.add_argument("--comments", type=int, default=50, help="comments published, one by one")
     args = parser.parse_args(argv)
     if args.comments < 1:
         parser.error("--comments must be at least 1")

@@ -88,7 +88,8 @@ async def _run_with_database(settings: Settings) -> None:
             stop = _install_signal_handlers(bot)
             try:
                 # The web server answers from before the log-in (503 until READY) to the end.
-                async with bot, web.serve(settings, bot):
+                routes = bot.websub.routes() if bot.websub is not None else []
+                async with bot, web.serve(settings, bot, routes):
                     # Client.start is login + connect; the log-in (and the first gateway
                     # connection) are retried while Discord is unreachable.
                     if await login_when_reachable(bot, settings.discord_token):

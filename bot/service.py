@@ -20,6 +20,7 @@ from bot.fetch import Fetcher, check_url, redact_userinfo
 from bot.ingest import Ingestor
 from bot.polling import FAILING_AFTER, Poller, PollOutcome
 from bot.untrusted import Untrusted
+from bot.websub import WebSub
 from storage import (
     ArticleRepo,
     DuplicateSubscriptionError,
@@ -65,6 +66,7 @@ class BlogService:
         untrusted: Untrusted,
         *,
         default_interval: int,
+        push: WebSub | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.fetcher = fetcher
@@ -74,6 +76,7 @@ class BlogService:
         self.poller = poller
         self.untrusted = untrusted
         self.default_interval = default_interval
+        self.push = push
         self.clock = clock
 
     async def subscribe(
@@ -257,6 +260,9 @@ class BlogService:
             )
 
     async def unsubscribe(self, sub: Subscription) -> None:
+        if self.push is not None:
+            # Before the row goes: the push rows stay to answer the hubs' verifications.
+            await self.push.remove(sub.id)
         await self.subscriptions.delete(sub.id)
         log.info("Guild %s unsubscribed %s", sub.guild_id, sub.feed_url)
 

@@ -145,6 +145,11 @@ def load_settings(
         web_port = _integer(values, "WEB_PORT", problems, minimum=0, maximum=65535)
     web_host = _host(values["WEB_HOST"], problems)
     public_url = _public_url(values["PUBLIC_URL"], problems)
+    if public_url is not None and web_port is None:
+        problems.append(
+            "PUBLIC_URL needs WEB_PORT: hubs deliver to the bot's own web server, "
+            "so set WEB_PORT to the port that PUBLIC_URL reaches."
+        )
 
     if problems:
         raise SettingsError(problems)
@@ -236,6 +241,8 @@ def _host(raw: str, problems: list[str]) -> str:
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
 def _public_url(raw: str, problems: list[str]) -> str | None:
     """``PUBLIC_URL``: an https base URL (http only for a loopback host, as in tests).
 

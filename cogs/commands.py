@@ -283,6 +283,9 @@ class BlogCommands(
             value=f"{counts.pending_articles} articles, {counts.pending_comments} comments",
         )
         embed.add_field(name="Consecutive failures", value=str(sub.consecutive_failures))
+        if self.bot.websub is not None:
+            push = await self.bot.websub.status_line(sub.id)
+            embed.add_field(name="Push", value=_clip(push.removeprefix("push: "), 1024))
         if counts.set_aside:
             embed.add_field(
                 name="Set aside",

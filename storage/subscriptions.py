@@ -309,6 +309,16 @@ class SubscriptionRepo:
                 (to_db_time(value), subscription_id),
             )
 
+    async def poll_soon(self, subscription_id: int, now: datetime) -> None:
+        """Make an active subscription due now (a push notification for another process's
+        shard: its scheduler takes it on its next tick)."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE subscriptions SET next_poll_at = ? "
+                "WHERE id = ? AND state = 'active' AND next_poll_at > ?",
+                (to_db_time(now), subscription_id, to_db_time(now)),
+            )
+
     async def delete(self, subscription_id: int) -> None:
         async with self.db.write() as tx:
             await tx.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))

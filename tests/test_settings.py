@@ -132,6 +132,7 @@ def test_an_invalid_web_host_is_a_settings_problem(host: str) -> None:
     [problem] = caught.value.problems
     assert problem.startswith("WEB_HOST must be an IP address or a host name")
 
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -144,7 +145,16 @@ def test_an_invalid_web_host_is_a_settings_problem(host: str) -> None:
 )
 def test_public_url_is_an_https_base(value: str, expected: str | None) -> None:
     """PUBLIC_URL is an https base URL (plain http only for loopback), kept without its slash."""
-    assert load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": value}).public_url == expected
+    settings = load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": value, "WEB_PORT": "8080"})
+    assert settings.public_url == expected
+
+
+def test_public_url_needs_the_web_server() -> None:
+    """PUBLIC_URL without WEB_PORT is a problem: the hubs' callbacks would reach nothing."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": "https://bot.example.org"})
+    [problem] = caught.value.problems
+    assert problem.startswith("PUBLIC_URL needs WEB_PORT")
 
 
 @pytest.mark.parametrize(
