@@ -247,7 +247,11 @@ class Writer:
         """Edit the article's message to its new content (``thread``: its forum post)."""
         assert record.starter_message_id is not None and record.thread_id is not None
         article = article_of(record)
-        rendered = await self.untrusted.render_article(article, blog_title=sub.blog_title)
+        rendered = await self.untrusted.render_article(
+            article, blog_title=sub.blog_title, reserve=mention_reserve(sub.mention_role_id)
+        )
+        # The role line stays (as the subscription names it now), but an edit pings nobody.
+        content, _ = with_mention(rendered.content, sub.mention_role_id)
         host_id = record.thread_id if isinstance(channel, discord.ForumChannel) else channel.id
         message = self.client.get_partial_messageable(host_id).get_partial_message(
             record.starter_message_id
@@ -268,7 +272,7 @@ class Writer:
                 self.policy,
                 functools.partial(
                     message.edit,
-                    content=rendered.content,
+                    content=content,
                     embed=image_embed(rendered.image_url),
                     allowed_mentions=NO_MENTIONS,
                 ),
@@ -297,7 +301,7 @@ def with_mention(content: str, role_id: int | None) -> tuple[str, discord.Allowe
 
     Decided once per send, so every retry of it sends the same. Settling finds an
     article message by its last line (``bot/threads.py``), which this leaves alone;
-    an edit re-renders the message without the line (edits never ping).
+    an edit keeps the line but is sent allowing no mention (edits never ping).
     """
     if role_id is None:
         return content, NO_MENTIONS
