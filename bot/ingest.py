@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
@@ -40,6 +40,7 @@ from bot.errors import FeedError, PermanentFeedError
 from bot.fetch import Fetcher
 from bot.models import Article, Comment, Dialect, ParsedFeed
 from bot.paging import feed_pages
+from bot.selective import remember
 from bot.untrusted import Untrusted
 from storage import ArticleRepo, CommentRepo, SubscriptionRepo
 from storage.articles import KnownEntry
@@ -131,7 +132,10 @@ class Ingestor:
         # Validators are stored only once everything from this body is recorded,
         # so a failure part-way re-reads the same body next time.
         if posts.parsed is not None:
-            await self._store_validators(sub, posts)
+            articles = posts.parsed.articles
+            await self._store_validators(
+                sub, posts, {a.id for a in articles}.union(posts.parsed.unchanged)
+            )
         return summary
 
     # --- one article, for /blog resync -------------------------------------------------
@@ -208,21 +212,28 @@ class Ingestor:
             await self.subscriptions.store_validators(
                 sub.id,
                 url,
-                HttpValidators(result.etag, result.last_modified, body_hash),
+                HttpValidators(result.etag, result.last_modified, body_hash, cached.entry_digests),
                 now=self.clock(),
             )
             return Fetched(url, None)
+        # What the last body held spares feedparser the entries that come again; not on the
+        # first poll, whose backfill ranks every article.
+        known = cached.entry_digests if cached and sub.last_success_at is not None else None
         parsed = await self.untrusted.parse_feed(
-            result.body, result.url, kind=kind, article_id=article_id
+            result.body, result.url, kind=kind, article_id=article_id, known=known
         )
         self._pending_validators[(sub.id, url)] = HttpValidators(
             result.etag, result.last_modified, body_hash
         )
         return Fetched(url, parsed)
 
-    async def _store_validators(self, sub: Subscription, fetched: Fetched) -> None:
+    async def _store_validators(
+        self, sub: Subscription, fetched: Fetched, recorded: Collection[str]
+    ) -> None:
+        """Store the body's validators, and what it held: the entries now ``recorded``."""
         validators = self._pending_validators.pop((sub.id, fetched.url), None)
-        if validators is not None:
+        if validators is not None and fetched.parsed is not None:
+            validators = replace(validators, entry_digests=remember(fetched.parsed, recorded))
             await self.subscriptions.store_validators(
                 sub.id, fetched.url, validators, now=self.clock()
             )
@@ -296,7 +307,10 @@ class Ingestor:
         reached = False
         while True:
             collected += page.comments
-            known = await self.comments.known(sub.id, [c.id for c in page.comments])
+            # Entries not read again are recorded ones: known ground, like any known id.
+            known = await self.comments.known(
+                sub.id, [*(c.id for c in page.comments), *page.unchanged]
+            )
             if known or self._reached_old_ground(sub, page.comments, oldest_mirrored):
                 reached = True
                 break
@@ -317,7 +331,7 @@ class Ingestor:
                 break
             page = await self.untrusted.parse_feed(result.body, result.url, kind="comments")
             pages += 1
-        await self._record_comments(sub, _unique(collected), summary)
+        recorded = await self._record_comments(sub, _unique(collected), summary)
         newest = max((c.published for c in collected if not c.undated), default=None)
         if newest is not None:
             # A comment dated in the future (a wrong clock, a broken feed) must not push
@@ -327,7 +341,7 @@ class Ingestor:
             sub.comments_seen_until is None or newest > sub.comments_seen_until
         ):
             await self.subscriptions.set_comments_seen_until(sub.id, newest)
-        await self._store_validators(sub, first)
+        await self._store_validators(sub, first, recorded.union(first.parsed.unchanged))
         return reached
 
     def _reached_old_ground(
@@ -370,19 +384,26 @@ class Ingestor:
                 summary.warnings.append(f"Comments of “{article.title}”: {exc}")
                 continue
             if fetched.parsed is not None:
-                await self._record_comments(sub, fetched.parsed.comments, summary)
-                await self._store_validators(sub, fetched)
+                recorded = await self._record_comments(sub, fetched.parsed.comments, summary)
+                await self._store_validators(sub, fetched, recorded.union(fetched.parsed.unchanged))
 
     async def _record_comments(
         self, sub: Subscription, comments: Sequence[Comment], summary: PollSummary
-    ) -> bool:
-        """Store new comments of mirrored articles, note changes; True if any was known."""
+    ) -> set[str]:
+        """Store new comments of mirrored articles, note changes; the ids storage now holds.
+
+        One query asks which comments are known, among the batch and the entries
+        the batch names as articles (a reply may name a comment, see
+        ``_resolve_threading``, which may be one not read again this time).
+        """
         if not comments:
-            return False
-        known = await self.comments.known(sub.id, [c.id for c in comments])
+            return set()
+        ids = {c.id for c in comments}
+        stored = await self.comments.known(sub.id, ids | {c.article_id for c in comments})
+        known = {entry_id: entry for entry_id, entry in stored.items() if entry_id in ids}
         now = self.clock()
         comments = [c if c.id in known else _first_seen(c, now) for c in comments]
-        comments = await self._resolve_threading(sub, comments, known)
+        comments = await self._resolve_threading(sub, comments, stored)
         article_ids = {c.article_id for c in comments}
         articles = await self.articles.known(sub.id, article_ids)
         inserts: list[tuple[int, NewComment, CommentState]] = []
@@ -408,7 +429,7 @@ class Ingestor:
         )
         await self.comments.update_content(sub.id, changed)
         summary.changed_comments += len(changed)
-        return bool(known)
+        return set(known).union(row.entry_id for _article, row, _state in inserts)
 
     async def _resolve_threading(
         self, sub: Subscription, comments: Sequence[Comment], known: dict[str, KnownEntry]

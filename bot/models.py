@@ -6,6 +6,7 @@ ingestion service stores them, rendering turns them into Discord messages.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -68,3 +69,10 @@ class ParsedFeed:
     next_url: str | None = None
     comments_feed_url: str | None = None  # blog-wide comments feed, where the dialect has one
     warnings: tuple[str, ...] = field(default=())
+    unchanged: tuple[str, ...] = ()
+    """Ids of entries in the document that were not read again: recorded before from these
+    very bytes (``bot.selective``). They are there, unchanged; never take them for gone."""
+    digests: Mapping[str, bytes] = field(default_factory=dict)
+    """Entry id -> digest of the entry's raw bytes, for every entry that has one."""
+    normalised: int = 0
+    """How many entries feedparser read (the others are ``unchanged``)."""

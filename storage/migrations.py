@@ -287,7 +287,18 @@ V4 = """
 ALTER TABLE comments ADD COLUMN published_offset INTEGER;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4)
+# Version 5 belongs to another change being made alongside this one; until it lands
+# here, its step is empty (the version number is kept, so both histories agree).
+V5 = ""
+
+# Version 6: what the last recorded body of each URL held, so the next changed body
+# hands feedparser only its new and changed entries (``bot/selective.py``): the feed's
+# dialect and a 16-byte digest per recorded entry. NULL: nothing known, read it all.
+V6 = """
+ALTER TABLE http_cache ADD COLUMN entry_digests BLOB;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --- PostgreSQL: the same versions ---------------------------------------------------
@@ -452,7 +463,13 @@ PG_V4 = """
 ALTER TABLE comments ADD COLUMN published_offset INTEGER;
 """
 
-PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2, PG_V3, PG_V4)
+PG_V5 = ""
+
+PG_V6 = """
+ALTER TABLE http_cache ADD COLUMN entry_digests BYTEA;
+"""
+
+PG_MIGRATIONS: tuple[str, ...] = (PG_V1, PG_V2, PG_V3, PG_V4, PG_V5, PG_V6)
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every version exists for both backends"
 
 # Any constant key: processes starting together take turns migrating.

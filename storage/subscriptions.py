@@ -308,12 +308,12 @@ class SubscriptionRepo:
         """The stored validators; read before every fetch, so in one round trip
         (SQLite's ``execute_fetchall``, where execute + fetchone + close would be three)."""
         rows = await self.db.fetch(
-            "SELECT etag, last_modified, body_hash FROM http_cache "
+            "SELECT etag, last_modified, body_hash, entry_digests FROM http_cache "
             "WHERE subscription_id = ? AND url = ?",
             (subscription_id, url),
         )
         row = next(iter(rows), None)
-        return HttpValidators(row[0], row[1], row[2]) if row else None
+        return HttpValidators(row[0], row[1], row[2], row[3]) if row else None
 
     async def store_validators(
         self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
@@ -321,11 +321,12 @@ class SubscriptionRepo:
         await self.db.write_one(
             """
             INSERT INTO http_cache (subscription_id, url, etag, last_modified, body_hash,
-                                    fetched_at)
-            VALUES (?, ?, ?, ?, ?, ?)
+                                    entry_digests, fetched_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (subscription_id, url) DO UPDATE SET
                 etag = excluded.etag, last_modified = excluded.last_modified,
-                body_hash = excluded.body_hash, fetched_at = excluded.fetched_at
+                body_hash = excluded.body_hash, entry_digests = excluded.entry_digests,
+                fetched_at = excluded.fetched_at
             """,
             (
                 subscription_id,
@@ -333,6 +334,7 @@ class SubscriptionRepo:
                 validators.etag,
                 validators.last_modified,
                 validators.body_hash,
+                validators.entry_digests,
                 to_db_time(now),
             ),
         )
