@@ -74,6 +74,8 @@ class PollSummary:
     new_comments: int = 0
     changed_comments: int = 0
     requests: int = 0
+    # Entries of changed bodies not read again: recorded before, byte for byte the same.
+    unchanged_entries: int = 0
     warnings: list[str] = field(default_factory=list)
     blog_title: str | None = None
 
@@ -222,6 +224,7 @@ class Ingestor:
         parsed = await self.untrusted.parse_feed(
             result.body, result.url, kind=kind, article_id=article_id, known=known
         )
+        summary.unchanged_entries += len(parsed.unchanged)
         self._pending_validators[(sub.id, url)] = HttpValidators(
             result.etag, result.last_modified, body_hash
         )
