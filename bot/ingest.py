@@ -302,19 +302,27 @@ class Ingestor:
         first = await self._fetch(sub, url, "comments", summary, conditional=True)
         if first.parsed is None:
             return True
-        oldest_mirrored = await self._oldest_mirrored(sub)
         page = first.parsed
         collected: list[Comment] = []
+        stored: dict[str, KnownEntry] = {}
+        oldest_mirrored: list[datetime | None] = []  # read once, and only if needed
         seen_next: set[str] = set()
         pages = 1
         reached = False
         while True:
             collected += page.comments
-            # Entries not read again are recorded ones: known ground, like any known id.
-            known = await self.comments.known(
-                sub.id, [*(c.id for c in page.comments), *page.unchanged]
+            # Entries not read again are stored ones: known ground, like any known id.
+            ids = [*(c.id for c in page.comments), *page.unchanged]
+            # The same query finds which entries the comments name as articles are stored
+            # comments, for ``_record_comments``.
+            page_known = await self.comments.known(
+                sub.id, {*ids, *(c.article_id for c in page.comments)}
             )
-            if known or self._reached_old_ground(sub, page.comments, oldest_mirrored):
+            stored.update(page_known)
+            known = any(entry_id in page_known for entry_id in ids)
+            if not known and not oldest_mirrored:
+                oldest_mirrored.append(await self._oldest_mirrored(sub))
+            if known or self._reached_old_ground(sub, page.comments, oldest_mirrored[0]):
                 reached = True
                 break
             next_url = page.next_url
@@ -334,7 +342,7 @@ class Ingestor:
                 break
             page = await self.untrusted.parse_feed(result.body, result.url, kind="comments")
             pages += 1
-        recorded = await self._record_comments(sub, _unique(collected), summary)
+        recorded = await self._record_comments(sub, _unique(collected), summary, stored)
         newest = max((c.published for c in collected if not c.undated), default=None)
         if newest is not None:
             # A comment dated in the future (a wrong clock, a broken feed) must not push
@@ -391,18 +399,24 @@ class Ingestor:
                 await self._store_validators(sub, fetched, recorded.union(fetched.parsed.unchanged))
 
     async def _record_comments(
-        self, sub: Subscription, comments: Sequence[Comment], summary: PollSummary
+        self,
+        sub: Subscription,
+        comments: Sequence[Comment],
+        summary: PollSummary,
+        stored: dict[str, KnownEntry] | None = None,
     ) -> set[str]:
         """Store new comments of mirrored articles, note changes; the ids storage now holds.
 
-        One query asks which comments are known, among the batch and the entries
+        ``stored`` tells which comments are known, among the batch and the entries
         the batch names as articles (a reply may name a comment, see
-        ``_resolve_threading``, which may be one not read again this time).
+        ``_resolve_threading``, which may be one not read again this time); one
+        query asks when it is not given.
         """
         if not comments:
             return set()
         ids = {c.id for c in comments}
-        stored = await self.comments.known(sub.id, ids | {c.article_id for c in comments})
+        if stored is None:
+            stored = await self.comments.known(sub.id, ids | {c.article_id for c in comments})
         known = {entry_id: entry for entry_id, entry in stored.items() if entry_id in ids}
         now = self.clock()
         comments = [c if c.id in known else _first_seen(c, now) for c in comments]
