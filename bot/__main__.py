@@ -25,10 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blogmirror",
         description="Mirror a blog's articles and comments into Discord threads.",
+        epilog=(
+            "Without a command it runs the bot. Running needs the bot token in "
+            "DISCORD_TOKEN. Settings come from the environment, then from .env in the "
+            "working directory; .env.example lists every one with its default."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"blogmirror {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("run", help="run the bot (the default)")
+    commands.add_parser(
+        "run",
+        help="run the bot (the default)",
+        description=(
+            "Run the bot until SIGTERM or Ctrl-C: connects to Discord as the bot "
+            "(DISCORD_TOKEN), polls every subscribed feed, opens a thread per new article "
+            "and mirrors new comments into it, and answers the /blog commands. Settings "
+            "come from the environment, then from .env in the working directory (the "
+            "environment wins); .env.example lists them all."
+        ),
+    )
     preview = commands.add_parser(
         "preview",
         help="print what the bot would post for a blog, without Discord or the database",
@@ -45,19 +60,50 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many of the newest articles to show (default 5)",
     )
+    backup = commands.add_parser(
+        "backup",
+        help="write a consistent copy of the SQLite database, also while the bot runs",
+        description=(
+            "Copy the SQLite database at DATABASE_PATH to PATH with SQLite's online backup, "
+            "also while the bot runs. PATH must not exist yet. To restore, stop the bot and "
+            "copy the file back to DATABASE_PATH."
+        ),
+    )
+    backup.add_argument("path", metavar="PATH", type=Path, help="the new file to write")
+    migrate = commands.add_parser(
+        "migrate-to-postgres",
+        help="copy the SQLite database into an empty PostgreSQL database",
+        description=(
+            "Copy every table of the SQLite database at DATABASE_PATH into an empty PostgreSQL "
+            "database, ids and values unchanged. Stop the bot first; then start it with "
+            "DATABASE_URL set to the same URL."
+        ),
+    )
+    migrate.add_argument("database_url", metavar="DATABASE_URL", help="postgresql://… URL")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     is_preview = args.command == "preview"
+    # Only running the bot talks to Discord; the other commands need no token.
+    runs_bot = args.command in (None, "run")
     try:
-        settings = load_settings(os.environ, dotenv_path=Path(".env"), require_token=not is_preview)
+        settings = load_settings(os.environ, dotenv_path=Path(".env"), require_token=runs_bot)
     except SettingsError as exc:
         print(exc.render(), file=sys.stderr)
         raise SystemExit(2) from None
     if is_preview:
         raise SystemExit(_preview(settings, args.url, args.articles))
+    if args.command == "backup":
+        from bot.dbcommands import backup
+
+        raise SystemExit(backup(settings, args.path, sys.stdout, sys.stderr))
+    if args.command == "migrate-to-postgres":
+        from bot.dbcommands import migrate_to_postgres
+
+        configure_logging("WARNING")
+        raise SystemExit(migrate_to_postgres(settings, args.database_url, sys.stdout, sys.stderr))
     configure_logging(settings.log_level)
     for warning in settings.warnings:
         log.warning("%s", warning)

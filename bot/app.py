@@ -10,10 +10,12 @@ from collections.abc import Callable
 import aiohttp
 import discord
 
+from bot import web
 from bot.client import BlogMirrorBot
 from bot.discord_rest import DiscordRest
 from bot.errors import AnotherInstanceError, BlogMirrorError, CannotStartError
 from bot.fetch import Fetcher, create_session
+from bot.metrics import Metrics
 from bot.pacing import Pacer
 from bot.settings import Settings
 from bot.startup import login_when_reachable
@@ -56,29 +58,38 @@ async def _run_with_database(settings: Settings) -> None:
     try:
         db = await open_database(path=settings.database_path, url=settings.database_url)
     except DatabaseTooNewError as exc:
-        raise BlogMirrorError(str(exc)) from None
+        # Written by a newer blogmirror: only an upgrade (or another database) helps.
+        raise CannotStartError(str(exc)) from None
     except DatabaseCorruptError as exc:
         raise CannotStartError(
             f"the database file {settings.database_path} is damaged or not a SQLite database "
             f"({exc.reason}): restore it from a backup, or move it aside (with any "
             f"{settings.database_path.name}-wal file beside it) to start with an empty one."
         ) from None
+    metrics = Metrics()
     try:
         async with (
             open_pool() as pool,
             create_session(allow_private=settings.allow_private_addresses) as session,
-            aiohttp.ClientSession() as discord_session,
+            aiohttp.ClientSession(trace_configs=[metrics.discord_trace]) as discord_session,
         ):
             fetcher = Fetcher.from_settings(session, settings)
             # Discord's own address, never a feed's: a session of its own, without
             # the feed fetcher's address guard.
             rest = DiscordRest(discord_session, token=settings.discord_token, pacer=Pacer())
             bot = BlogMirrorBot(
-                settings=settings, db=db, fetcher=fetcher, rest=rest, untrusted=Untrusted(pool)
+                settings=settings,
+                db=db,
+                fetcher=fetcher,
+                rest=rest,
+                untrusted=Untrusted(pool),
+                metrics=metrics,
             )
             stop = _install_signal_handlers(bot)
             try:
-                async with bot:
+                # The web server answers from before the log-in (503 until READY) to the end.
+                routes = bot.websub.routes() if bot.websub is not None else []
+                async with bot, web.serve(settings, bot, routes):
                     # Client.start is login + connect; the log-in (and the first gateway
                     # connection) are retried while Discord is unreachable.
                     if await login_when_reachable(bot, settings.discord_token):

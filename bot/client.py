@@ -20,14 +20,17 @@ from bot.delivery import DeliveryError, DeliverySummary, Mirror, Progress
 from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher
 from bot.ingest import Ingestor
+from bot.metrics import Metrics
 from bot.polling import HealthChange, Poller, PollOutcome
 from bot.render import escape_text
 from bot.resync import Resyncer
 from bot.service import BlogService
 from bot.settings import Settings
 from bot.untrusted import Untrusted
+from bot.websub import WebSub
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.leases import leases_for
+from storage.push import PushRepo
 from storage.records import Subscription, SubscriptionState
 from storage.subscriptions import Shards
 
@@ -70,8 +73,11 @@ class BlogMirrorBot(commands.AutoShardedBot):
         fetcher: Fetcher,
         rest: DiscordRest,
         untrusted: Untrusted,
+        metrics: Metrics,
         **options: Any,
     ) -> None:
+        # Every answer discord.py's HTTP client gets is seen by the metrics (429s, sends).
+        options.setdefault("http_trace", metrics.discord_trace)
         if settings.shard_count is not None:
             options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
@@ -85,6 +91,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         )
         self.settings = settings
         self.db = db
+        self.metrics = metrics
         # Who this process is, in the leases it holds (several may share PostgreSQL).
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.leases = leases_for(db, self.holder)
@@ -96,7 +103,18 @@ class BlogMirrorBot(commands.AutoShardedBot):
         self.ingestor = Ingestor(
             fetcher, self.subscriptions, self.articles, self.comments, untrusted
         )
-        self.poller = Poller(self.ingestor, self.subscriptions)
+        # WebSub push (SPEC §6) needs a public URL reaching our own web server.
+        self.websub: WebSub | None = None
+        if settings.public_url is not None and settings.web_port is not None:
+            self.websub = WebSub(
+                PushRepo(db),
+                fetcher.session,
+                public_url=settings.public_url,
+                allow_private=settings.allow_private_addresses,
+                on_notify=self.on_push,
+                max_body_bytes=settings.max_feed_bytes,
+            )
+        self.poller = Poller(self.ingestor, self.subscriptions, metrics=metrics, push=self.websub)
         self.mirror = Mirror(
             self, rest, self.subscriptions, self.articles, self.comments, self.outbox, untrusted
         )
@@ -108,6 +126,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
             self.poller,
             untrusted,
             default_interval=settings.poll_interval_seconds,
+            push=self.websub,
         )
         self.resyncer = Resyncer(
             self.subscriptions, self.articles, self.comments, self.ingestor, self.mirror
@@ -119,6 +138,9 @@ class BlogMirrorBot(commands.AutoShardedBot):
         """Set as soon as ``close()`` begins: ends a start-up wait at once (``bot.startup``)."""
 
     async def setup_hook(self) -> None:
+        await self.service.follow_default_interval()
+        if self.websub is not None:
+            self.websub.start()
         # A log-in retried at start (bot.startup) runs this again: load only what is not loaded.
         for extension in EXTENSIONS:
             if extension not in self.extensions:
@@ -146,6 +168,8 @@ class BlogMirrorBot(commands.AutoShardedBot):
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=10)
+        if self.websub is not None:
+            await self.websub.stop()
         await super().close()
 
     async def on_ready(self) -> None:
@@ -153,6 +177,24 @@ class BlogMirrorBot(commands.AutoShardedBot):
         log.info("Connected as %s (%s) to %d guild(s)", self.user, self.user.id, len(self.guilds))
 
     # --- one poll-and-deliver cycle, shared by the scheduler and the commands -------
+
+    async def on_push(self, subscription_id: int) -> None:
+        """A hub's signed notification: poll and deliver now, through the normal cycle.
+
+        A subscription of a guild on another process's shards is only made due
+        now; that process's scheduler takes it on its next one-second tick.
+        """
+        sub = await self.subscriptions.get(subscription_id)
+        if sub is None or sub.state != SubscriptionState.ACTIVE:
+            return
+        shards = self.local_shards()
+        if shards is not None and not shards.owns(sub.guild_id):
+            await self.subscriptions.poll_soon(sub.id, datetime.now(UTC))
+            return
+        result = await self.cycle(sub)
+        if result.outcome is None and result.error == BUSY_ELSEWHERE:
+            # Another process is on it; its poll may have fetched before the news.
+            await self.subscriptions.poll_soon(sub.id, datetime.now(UTC))
 
     def subscription_lock(self, subscription_id: int) -> asyncio.Lock:
         return self._cycle_locks.setdefault(subscription_id, asyncio.Lock())

@@ -238,6 +238,11 @@ class Fetcher:
         self._max_bytes = max_bytes
         self._allow_private = allow_private
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The address-guarded session, shared with whatever else talks to feed hosts (hubs)."""
+        return self._session
+
     @classmethod
     def from_settings(cls, session: aiohttp.ClientSession, settings: Settings) -> Fetcher:
         return cls(

@@ -38,7 +38,7 @@ from typing import Literal, TypeVar
 
 from bot.errors import FeedError, PermanentFeedError
 from bot.fetch import Fetcher
-from bot.models import Article, Comment, Dialect, ParsedFeed
+from bot.models import Article, Comment, Dialect, ParsedFeed, PushLinks
 from bot.paging import feed_pages
 from bot.selective import remember
 from bot.untrusted import Untrusted
@@ -78,6 +78,8 @@ class PollSummary:
     unchanged_entries: int = 0
     warnings: list[str] = field(default_factory=list)
     blog_title: str | None = None
+    push_links: list[PushLinks] = field(default_factory=list)
+    """The hub and topic of the posts and blog-wide comments feeds, when their bodies were read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,8 @@ class Ingestor:
         self._pending_validators[(sub.id, url)] = HttpValidators(
             result.etag, result.last_modified, body_hash
         )
+        if url in (sub.feed_url, sub.comments_feed_url):
+            summary.push_links.append(PushLinks(url, parsed.hub_url, parsed.self_url))
         return Fetched(url, parsed)
 
     async def _store_validators(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -33,7 +34,7 @@ def parse_json_feed(
     Asked for comments, it answers with none: JSON Feed has no comments.
     """
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_hook=_clean_object)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise FeedParseError(f"The JSON feed is not valid JSON ({exc}); nothing was used.") from exc
     if not isinstance(document, dict) or not _str(document, "version").startswith(VERSION_PREFIX):
@@ -64,7 +65,38 @@ def parse_json_feed(
         articles=tuple(articles) if kind != "comments" else (),
         next_url=absolute(base_url, _str(document, "next_url") or None),
         warnings=tuple(warnings),
+        hub_url=absolute(base_url, _websub_hub(document)),
+        self_url=absolute(base_url, _str(document, "feed_url") or None),
     )
+
+
+# What XML could never carry but a JSON string escape can: C0 controls other than tab,
+# newline and carriage return (``\u0000`` above all: PostgreSQL refuses it in text) and
+# lone surrogates (no UTF-8 form: storing or sending one fails).
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return _UNSAFE.sub("\ufffd", value) if _UNSAFE.search(value) else value
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def _clean_object(pairs: dict[str, Any]) -> dict[str, Any]:
+    """``json.loads`` hook: every string of every object made safe to store and send, as
+    the XML path's repair does for character references (a key too: ids come from them)."""
+    return {_clean(key): _clean(value) for key, value in pairs.items()}
+
+
+def _websub_hub(document: Mapping[str, Any]) -> str | None:
+    """The first ``hubs`` entry of type WebSub (JSON Feed's ``rel="hub"``)."""
+    hubs = document.get("hubs")
+    for hub in hubs if isinstance(hubs, list) else []:
+        if isinstance(hub, dict) and _str(hub, "type").lower() == "websub" and _str(hub, "url"):
+            return _str(hub, "url")
+    return None
 
 
 def _article(

@@ -69,6 +69,8 @@ class ParsedFeed:
     next_url: str | None = None
     comments_feed_url: str | None = None  # blog-wide comments feed, where the dialect has one
     warnings: tuple[str, ...] = field(default=())
+    hub_url: str | None = None  # WebSub: the feed's ``rel="hub"`` link
+    self_url: str | None = None  # WebSub: the feed's ``rel="self"`` link, the hub's topic
     unchanged: tuple[str, ...] = ()
     """Ids of entries in the document that were not read again: recorded before from these
     very bytes (``bot.selective``). They are there, unchanged; never take them for gone."""
@@ -76,3 +78,12 @@ class ParsedFeed:
     """Entry id -> digest of the entry's raw bytes, for every entry that has one."""
     normalised: int = 0
     """How many entries feedparser read (the others are ``unchanged``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushLinks:
+    """What a fetched feed says about WebSub push: its hub and topic, if any."""
+
+    feed_url: str  # the URL the bot polls
+    hub_url: str | None
+    self_url: str | None

@@ -157,6 +157,8 @@ def _read(
         next_url=absolute(base_url, _link(feed, "next")),
         comments_feed_url=_blog_comments_feed(dialect, kind, url, site_url, _link(feed, "self")),
         warnings=tuple(warnings),
+        hub_url=absolute(base_url, _link(feed, "hub")),
+        self_url=absolute(base_url, _link(feed, "self")),
         unchanged=tuple(raw.id for raw in left_out if raw.id is not None),
         digests=digests,
         normalised=len(parsed.entries),

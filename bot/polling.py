@@ -5,20 +5,26 @@ a thousand feeds added together do not stay in lock-step. Failures back off
 exponentially from the interval (capped at six hours), with jitter, and never
 sooner than a server's ``Retry-After``. After ``FAILING_AFTER`` consecutive
 failures a subscription counts as failing; after ``DISABLE_AFTER`` it is
-disabled until a moderator resumes it.
+disabled until a moderator resumes it. A subscription whose feeds are all
+pushed (``bot.websub``) is polled as a safety net only, at 4× its interval.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from bot.errors import FeedError
 from bot.ingest import Ingestor, PollSummary
+from bot.metrics import Metrics, PollOutcomeLabel
+from bot.models import PushLinks
+from bot.websub import safety_interval
 from storage import SubscriptionRepo
 from storage.records import Subscription, SubscriptionState
 
@@ -64,6 +70,14 @@ def next_after_failure(
     return now + delay
 
 
+class Push(Protocol):
+    """What polling needs of WebSub push (``bot.websub.WebSub``), when ``PUBLIC_URL`` is set."""
+
+    async def observe(self, subscription_id: int, links: Iterable[PushLinks]) -> None: ...
+
+    async def pushed(self, subscription_ids: Iterable[int]) -> set[int]: ...
+
+
 class Poller:
     """Runs one subscription's poll and records its health."""
 
@@ -74,19 +88,26 @@ class Poller:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+        push: Push | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.subscriptions = subscriptions
         self.clock = clock
         self.rng = rng or random.Random()
+        self.metrics = metrics
+        self.push = push
 
     async def poll(self, sub: Subscription) -> PollOutcome:
         """Poll once; never raises for feed problems (they become the outcome)."""
+        started = time.perf_counter()
         try:
             summary = await self.ingestor.poll(sub)
         except FeedError as exc:
+            self._count(PollOutcomeLabel.of_error(exc), started)
             return await self.record_failure(sub, str(exc), exc.status, exc.retry_after)
-        except Exception:
+        except Exception as exc:
+            self._count(PollOutcomeLabel.of_error(exc), started)
             log.exception("Unexpected error while polling %s", sub.feed_url)
             return await self.record_failure(
                 sub,
@@ -94,8 +115,16 @@ class Poller:
                 None,
                 None,
             )
+        found = summary.new_articles + summary.changed_articles
+        found += summary.new_comments + summary.changed_comments
+        self._count(PollOutcomeLabel.CHANGED if found else PollOutcomeLabel.UNCHANGED, started)
+        interval = sub.interval_seconds
+        if self.push is not None:
+            if summary.push_links:
+                await self.push.observe(sub.id, summary.push_links)
+            interval = safety_interval(interval, sub.id in await self.push.pushed([sub.id]))
         now = self.clock()
-        next_poll_at = next_after_success(now, sub.interval_seconds, self.rng)
+        next_poll_at = next_after_success(now, interval, self.rng)
         await self.subscriptions.record_success(sub.id, now=now, next_poll_at=next_poll_at)
         if summary.blog_title and summary.blog_title != sub.blog_title:
             await self.subscriptions.update_feed_info(
@@ -118,6 +147,10 @@ class Poller:
         for warning in summary.warnings:  # the poll succeeded, but not all of it
             log.info("Poll of %s: %s", sub.feed_url, warning)
         return PollOutcome(summary, None, 0, change)
+
+    def _count(self, outcome: PollOutcomeLabel, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.polled(outcome, time.perf_counter() - started)
 
     async def record_failure(
         self,

@@ -67,6 +67,10 @@ class Blog:
     """Article id → why its comments were not (all) read."""
     unread_reason: str | None = None
     """Why no article's comments were read, when none were (a lone posts file)."""
+    feed_url: str = ""
+    blog_url: str | None = None
+    kind: str = ""
+    """Of the feed at the address read (a URL): ``posts`` or ``comments``."""
 
     def add(self, parsed: ParsedFeed) -> None:
         if parsed.kind == "posts" or not self.title:
@@ -158,18 +162,26 @@ def _os_reason(exc: OSError) -> str:
 
 
 async def load_remote(url: str, settings: Settings, articles: int, untrusted: Untrusted) -> Blog:
-    blog = Blog()
     async with create_session(allow_private=settings.allow_private_addresses) as session:
-        fetcher = Fetcher.from_settings(session, settings)
-        found = await discover_feed(fetcher, untrusted, url)
-        assert found.body.body is not None
-        posts = await untrusted.parse_feed(found.body.body, found.feed_url)
-        blog.add(posts)
-        for article in newest(posts.articles, articles):
-            if article.comments_feed_url:
-                await _load_comments(fetcher, untrusted, blog, article)
-            else:
-                blog.unread[article.id] = "the feed names no comments feed for this article"
+        return await load_url(Fetcher.from_settings(session, settings), untrusted, url, articles)
+
+
+async def load_url(fetcher: Fetcher, untrusted: Untrusted, url: str, articles: int) -> Blog:
+    """Discover and read the blog at ``url`` as ``/blog subscribe`` would, with the
+    comments of its ``articles`` newest articles; shared by the CLI and ``/blog preview``."""
+    blog = Blog()
+    found = await discover_feed(fetcher, untrusted, url)
+    assert found.body.body is not None
+    posts = await untrusted.parse_feed(found.body.body, found.feed_url)
+    blog.feed_url = found.feed_url
+    blog.blog_url = found.blog_url or posts.site_url
+    blog.kind = posts.kind
+    blog.add(posts)
+    for article in newest(posts.articles, articles):
+        if article.comments_feed_url:
+            await _load_comments(fetcher, untrusted, blog, article)
+        else:
+            blog.unread[article.id] = "the feed names no comments feed for this article"
     return blog
 
 

@@ -113,11 +113,13 @@ def thread_name(title: str, published: datetime) -> str:
     return _shorten(name, THREAD_NAME_LIMIT) if name else _untitled(published)
 
 
-def render_article(article: Article, *, blog_title: str) -> RenderedArticle:
+def render_article(article: Article, *, blog_title: str, reserve: int = 0) -> RenderedArticle:
     """The message that opens an article's thread: title, byline, excerpt and link.
 
     The URL is wrapped in ``<>`` so Discord adds no link preview: the article's own
     image is the embed. ``blog_title`` names the author when the feed names nobody.
+    ``reserve`` characters are left free for a line the sender adds in front (a
+    role mention); the last line, which settling reads, is the same either way.
     """
     title = one_line(article.title) or _untitled(article.published)
     url = safe_url(article.url)
@@ -129,7 +131,7 @@ def render_article(article: Article, *, blog_title: str) -> RenderedArticle:
     when = discord_timestamp(article.published)
     lines.append(f"by {escape_text(_shorten(author, NAME_CHARS))} · {when}" if author else when)
     footer = [f"Read the article: <{url}>"] if url else []
-    room = MESSAGE_LIMIT - sum(len(line) + 1 for line in [*lines, *footer])
+    room = MESSAGE_LIMIT - reserve - sum(len(line) + 1 for line in [*lines, *footer])
     excerpt = _excerpt(article.html, base_url=url, room=min(EXCERPT_CHARS, room))
     content = "\n".join([*lines, *([excerpt] if excerpt else []), *footer])
     image = safe_url(article.image_url)

@@ -8,10 +8,13 @@ one go. The token is never part of any message or ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -27,6 +30,9 @@ DEFAULTS: Mapping[str, str] = {
     "DATABASE_URL": "",
     "SHARD_COUNT": "",
     "SHARD_IDS": "",
+    "WEB_PORT": "",
+    "WEB_HOST": "127.0.0.1",
+    "PUBLIC_URL": "",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -66,6 +72,11 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
+    web_port: int | None = None
+    """The health/metrics server's port; None: no server; 0: any free port (logged)."""
+    web_host: str = "127.0.0.1"
+    # https base URL of the bot's web server as the internet reaches it (WebSub callbacks).
+    public_url: str | None = None
 
 
 def read_environment(environ: Mapping[str, str], dotenv_path: Path | None) -> dict[str, str]:
@@ -128,6 +139,17 @@ def load_settings(
     if values["SHARD_COUNT"].strip():
         shard_count = _integer(values, "SHARD_COUNT", problems, minimum=1, maximum=100_000)
     shard_ids = _shard_ids(values["SHARD_IDS"], shard_count, database_url, problems)
+    web_port = None
+    if values["WEB_PORT"].strip():
+        # 0 asks the system for a free port (tests, several bots on one machine).
+        web_port = _integer(values, "WEB_PORT", problems, minimum=0, maximum=65535)
+    web_host = _host(values["WEB_HOST"], problems)
+    public_url = _public_url(values["PUBLIC_URL"], problems)
+    if public_url is not None and web_port is None:
+        problems.append(
+            "PUBLIC_URL needs WEB_PORT: hubs deliver to the bot's own web server, "
+            "so set WEB_PORT to the port that PUBLIC_URL reaches."
+        )
 
     if problems:
         raise SettingsError(problems)
@@ -147,6 +169,9 @@ def load_settings(
         database_url=database_url,
         shard_count=shard_count,
         shard_ids=shard_ids,
+        web_port=web_port,
+        web_host=web_host,
+        public_url=public_url,
     )
 
 
@@ -201,6 +226,57 @@ def _shard_ids(
     return ids
 
 
+def _host(raw: str, problems: list[str]) -> str:
+    """``WEB_HOST``: an IP address (``0.0.0.0``, ``::``) or a host name to bind."""
+    host = raw.strip()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+            problems.append(
+                f"WEB_HOST must be an IP address or a host name such as 127.0.0.1 (got {raw!r})."
+            )
+    return host
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _public_url(raw: str, problems: list[str]) -> str | None:
+    """``PUBLIC_URL``: an https base URL (http only for a loopback host, as in tests).
+
+    Hubs send the callback its secret and signed notifications: plain http on
+    the internet would hand both to anyone on the path.
+    """
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError:
+        host = ""
+    shape_ok = bool(host) and not (parts.query or parts.fragment or parts.username)
+    loopback = host == "localhost" or _is_loopback(host)
+    if not shape_ok or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        # A value with user:password@ in it is not echoed.
+        got = "" if parts.username or parts.password or "@" in raw else f" (got {raw!r})"
+        problems.append(
+            f"PUBLIC_URL must be an https:// base URL such as https://bot.example.org{got}."
+        )
+        return None
+    return raw.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _number(values: Mapping[str, str], name: str, problems: list[str]) -> float | None:
     raw = values[name].strip()
     try:
@@ -234,4 +310,14 @@ def configure_logging(level: str) -> None:
     logging.getLogger("discord.gateway").setLevel(logging.WARNING)
     # Its only INFO line, "logging in using static token", would double each retried
     # start-up attempt's own line (bot.startup).
-    logging.getLogger("discord.client").setLevel(logging.WARNING)
+    discord_client = logging.getLogger("discord.client")
+    discord_client.setLevel(logging.WARNING)
+    # The bot never joins a voice channel: discord.py's warnings that PyNaCl or davey
+    # is missing ("voice will NOT be supported") would only send operators looking for
+    # a problem there is not. Its other warnings stay.
+    discord_client.addFilter(_not_about_voice)
+
+
+def _not_about_voice(record: logging.LogRecord) -> bool:
+    """False for discord.py's "<library> is not installed, voice will NOT be supported"."""
+    return not (isinstance(record.msg, str) and record.msg.endswith("voice will NOT be supported"))

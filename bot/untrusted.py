@@ -119,14 +119,18 @@ class Untrusted:
             log.warning("Comment %.200s not rendered (%s): posted as a link", comment.id, exc)
             return render_comment(unshown_comment(comment), key=key, parent_missing=parent_missing)
 
-    async def render_article(self, article: Article, *, blog_title: str) -> RenderedArticle:
+    async def render_article(
+        self, article: Article, *, blog_title: str, reserve: int = 0
+    ) -> RenderedArticle:
         """``bot.render.render_article`` in a worker; a placeholder over the limit."""
-        job = functools.partial(render_article, blog_title=blog_title)
+        job = functools.partial(render_article, blog_title=blog_title, reserve=reserve)
         try:
             return await self.pool.run(job, article, limit=self.limits.render)
         except (WorkTimeout, WorkerCrashed) as exc:
             log.warning("Article %.200s not rendered (%s): posted as a link", article.url, exc)
-            return render_article(unshown_article(article), blog_title=blog_title[:_NAME_BOUND])
+            return render_article(
+                unshown_article(article), blog_title=blog_title[:_NAME_BOUND], reserve=reserve
+            )
 
 
 def unshown_comment(comment: Comment) -> Comment:

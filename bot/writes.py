@@ -87,14 +87,17 @@ class Writer:
         self, sub: Subscription, forum: discord.ForumChannel, record: ArticleRecord
     ) -> Effect:
         article = article_of(record)
-        rendered = await self.untrusted.render_article(article, blog_title=sub.blog_title)
+        rendered = await self.untrusted.render_article(
+            article, blog_title=sub.blog_title, reserve=mention_reserve(sub.mention_role_id)
+        )
         embed = image_embed(rendered.image_url)
+        content, allowed = with_mention(rendered.content, sub.mention_role_id)
         payload: dict[str, Any] = {
             "name": thread_name(record.title, record.published),
             "applied_tags": [str(tag.id) for tag in forum_tags(forum, record.labels)],
             "message": {
-                "content": rendered.content,
-                "allowed_mentions": {"parse": []},
+                "content": content,
+                "allowed_mentions": allowed.to_dict(),
                 "embeds": [embed.to_dict()] if embed else [],
             },
         }
@@ -116,16 +119,19 @@ class Writer:
         starter = record.starter_message_id
         if starter is None:
             rendered = await self.untrusted.render_article(
-                article_of(record), blog_title=sub.blog_title
+                article_of(record),
+                blog_title=sub.blog_title,
+                reserve=mention_reserve(sub.mention_role_id),
             )
             embed = image_embed(rendered.image_url) or discord.utils.MISSING
+            content, allowed = with_mention(rendered.content, sub.mention_role_id)
             [intent] = await self.courier.open(
                 [article_intent(sub, record, IntentKind.ARTICLE_MESSAGE)]
             )
             sent = await send_once(
                 self.policy,
                 lambda: channel.send(
-                    rendered.content, embed=embed, nonce=intent.nonce, allowed_mentions=NO_MENTIONS
+                    content, embed=embed, nonce=intent.nonce, allowed_mentions=allowed
                 ),
                 what=f"posting the article message of {record.url}",
             )
@@ -278,6 +284,27 @@ class Writer:
             effect = Abandoned()  # still flagged: tried again next poll
         await self.courier.complete(intent, effect)
         return effect
+
+
+def mention_reserve(role_id: int | None) -> int:
+    """Room the article message leaves for its mention line: a role id is at most 20 digits."""
+    return len("<@&>\n") + 20 if role_id is not None else 0
+
+
+def with_mention(content: str, role_id: int | None) -> tuple[str, discord.AllowedMentions]:
+    """A new article message's content and allowed mentions: the moderator's role
+    (``/blog edit … mention``) on a first line of its own, allowed alone, or nothing.
+
+    Decided once per send, so every retry of it sends the same. Settling finds an
+    article message by its last line (``bot/threads.py``), which this leaves alone;
+    an edit re-renders the message without the line (edits never ping).
+    """
+    if role_id is None:
+        return content, NO_MENTIONS
+    allowed = discord.AllowedMentions(
+        everyone=False, users=False, roles=[discord.Object(id=role_id)], replied_user=False
+    )
+    return f"<@&{role_id}>\n{content}", allowed
 
 
 def article_intent(

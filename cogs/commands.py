@@ -18,9 +18,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import DeliverySummary
+from bot.discord_preview import preview_messages
 from bot.errors import BlogMirrorError
 from bot.render import escape_text
-from bot.service import MAX_BACKFILL, describe_error
+from bot.service import MAX_BACKFILL, MAX_INTERVAL_MINUTES, describe_error, describe_interval
 from storage.records import Subscription, SubscriptionState
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class BlogCommands(
                 else "."
             ),
             f"New articles{' and comments' if comments else ''} are checked every "
-            f"{_duration(sub.interval_seconds)}.",
+            f"{describe_interval(sub.interval_seconds)}.",
         ]
         if done.outcome.error:
             lines.append(f"⚠️ The first poll failed: {done.outcome.error}")
@@ -223,7 +224,9 @@ class BlogCommands(
                 name=_clip(sub.display_name, 256),
                 value=(
                     f"<#{sub.channel_id}> · **{state_of(sub)}** · last success "
-                    f"{when(sub.last_success_at)}\n"
+                    f"{when(sub.last_success_at)} · polled {_interval(sub)}"
+                    + (f" · pings <@&{sub.mention_role_id}>" if sub.mention_role_id else "")
+                    + "\n"
                     f"{counts.articles_mirrored} articles, {counts.comments_mirrored} comments "
                     f"mirrored · <{sub.feed_url}>"
                 ),
@@ -246,7 +249,7 @@ class BlogCommands(
                 counts = await self.bot.subscriptions.counts(s.id)
                 lines.append(
                     f"• **{escape_text(s.display_name)}**: {state_of(s)}, last poll "
-                    f"{when(s.last_poll_at)}, next {_next_poll(s)}"
+                    f"{when(s.last_poll_at)}, next {_next_poll(s)}, polled {_interval(s)}"
                     + (f", {s.consecutive_failures} failure(s)" if s.consecutive_failures else "")
                     + (f", {counts.set_aside} item(s) Discord refused" if counts.set_aside else "")
                 )
@@ -262,9 +265,14 @@ class BlogCommands(
         embed.add_field(name="Feed", value=f"<{sub.feed_url}>", inline=False)
         embed.add_field(name="Last poll", value=when(sub.last_poll_at))
         embed.add_field(name="Last success", value=when(sub.last_success_at))
+        embed.add_field(name="Next poll", value=_next_poll(sub))
+        embed.add_field(name="Interval", value=_interval(sub))
         embed.add_field(
-            name="Next poll",
-            value=_next_poll(sub),
+            name="Comments", value="mirrored" if sub.mirror_comments else "not mirrored"
+        )
+        embed.add_field(
+            name="Mention",
+            value=f"<@&{sub.mention_role_id}>" if sub.mention_role_id else "nobody",
         )
         embed.add_field(
             name="Mirrored",
@@ -275,6 +283,9 @@ class BlogCommands(
             value=f"{counts.pending_articles} articles, {counts.pending_comments} comments",
         )
         embed.add_field(name="Consecutive failures", value=str(sub.consecutive_failures))
+        if self.bot.websub is not None:
+            push = await self.bot.websub.status_line(sub.id)
+            embed.add_field(name="Push", value=_clip(push.removeprefix("push: "), 1024))
         if counts.set_aside:
             embed.add_field(
                 name="Set aside",
@@ -400,6 +411,61 @@ class BlogCommands(
             )
         )
 
+    @app_commands.command(name="preview", description="What subscribing would post, privately")
+    @app_commands.describe(url="Blog homepage or feed URL")
+    async def preview(self, interaction: discord.Interaction, url: str) -> None:
+        _guild(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await self.bot.service.preview(url)
+        for content, embeds in preview_messages(found):
+            await interaction.followup.send(
+                content or discord.utils.MISSING,
+                embeds=embeds,
+                ephemeral=True,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+
+    @app_commands.command(name="edit", description="Change a subscription's settings")
+    @app_commands.describe(
+        feed="The subscription's feed or blog URL",
+        comments="Mirror comments (on/off)",
+        mention="A role to ping in each new article message",
+        no_mention="Stop pinging a role for new articles",
+        interval=f"Minutes between polls (1-{MAX_INTERVAL_MINUTES}; 0: the bot's default)",
+    )
+    @app_commands.autocomplete(feed=feed_choices)
+    async def edit(
+        self,
+        interaction: discord.Interaction,
+        feed: str,
+        comments: bool | None = None,
+        mention: discord.Role | None = None,
+        no_mention: bool = False,
+        interval: app_commands.Range[int, 0, MAX_INTERVAL_MINUTES] | None = None,
+    ) -> None:
+        guild = _guild(interaction)
+        sub = await self.bot.service.resolve(guild.id, feed)
+        edited = await self.bot.service.edit(
+            sub,
+            comments=comments,
+            mention_role_id=mention.id if mention else None,
+            no_mention=no_mention,
+            interval_minutes=interval,
+        )
+        name = escape_text(sub.display_name)
+        if not edited.changes:
+            await reply(interaction, f"Nothing changed for **{name}**: no option differed.")
+            return
+        lines = [f"✅ **{name}**: " + "; ".join(edited.changes) + "."]
+        if mention is not None and not (
+            mention.mentionable or guild.me.guild_permissions.mention_everyone
+        ):
+            lines.append(
+                f"⚠️ {mention.mention} is not mentionable and I lack Mention All Roles: "
+                "Discord will show it without pinging anyone. Make the role mentionable."
+            )
+        await reply(interaction, "\n".join(lines))
+
     @app_commands.command(
         name="logchannel", description="Where feed failures and recoveries are reported"
     )
@@ -478,12 +544,11 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _duration(seconds: int) -> str:
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} hour(s)"
-    if seconds % 60 == 0:
-        return f"{seconds // 60} minute(s)"
-    return f"{seconds} second(s)"
+def _interval(sub: Subscription) -> str:
+    """How often the feed is polled, and whether a moderator chose it."""
+    return f"every {describe_interval(sub.interval_seconds)}" + (
+        "" if sub.interval_custom else " (default)"
+    )
 
 
 def _next_poll(sub: Subscription) -> str:

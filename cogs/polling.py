@@ -56,6 +56,7 @@ class PollingCog(commands.Cog):
             for sub in fresh:
                 if sub.id in ours:
                     self._start(sub, claimed_at=now)
+            self.bot.metrics.loop_ran()  # for /healthz: a round that failed is no sign of life
         except Exception:
             log.exception("Polling scheduler tick failed")
         finally:

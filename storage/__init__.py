@@ -5,7 +5,11 @@ from storage.db import Database, DatabaseCorruptError, open_database
 from storage.lock import DatabaseInUseError, DatabaseLock
 from storage.migrations import SCHEMA_VERSION, DatabaseTooNewError
 from storage.outbox import Outbox
-from storage.subscriptions import DuplicateSubscriptionError, SubscriptionRepo
+from storage.subscriptions import (
+    DuplicateSubscriptionError,
+    SubscriptionGoneError,
+    SubscriptionRepo,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -18,6 +22,7 @@ __all__ = [
     "DatabaseTooNewError",
     "DuplicateSubscriptionError",
     "Outbox",
+    "SubscriptionGoneError",
     "SubscriptionRepo",
     "open_database",
 ]

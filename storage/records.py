@@ -103,6 +103,10 @@ class Subscription:
     last_error_status: int | None
     last_error_at: datetime | None
     comments_seen_until: datetime | None
+    mention_role_id: int | None = None
+    """The role pinged in each new article message (``/blog edit … mention``)."""
+    interval_custom: bool = False
+    """``interval_seconds`` was chosen by a moderator, not the bot's default."""
 
     @classmethod
     def from_row(cls, row: Any) -> Subscription:
@@ -128,6 +132,8 @@ class Subscription:
             last_error_status=row["last_error_status"],
             last_error_at=optional_time(row["last_error_at"]),
             comments_seen_until=optional_time(row["comments_seen_until"]),
+            mention_role_id=row["mention_role_id"],
+            interval_custom=bool(row["interval_custom"]),
         )
 
     @property
@@ -313,3 +319,13 @@ class SubscriptionCounts:
     pending_comments: int
     set_aside: int = 0
     latest_refusal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Work waiting across every subscription of a process's shards (``/metrics``)."""
+
+    pending_articles: int
+    pending_comments: int
+    set_aside_articles: int
+    set_aside_comments: int

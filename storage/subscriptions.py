@@ -9,6 +9,7 @@ from datetime import datetime
 
 from storage.db import Database, UniqueViolation
 from storage.records import (
+    Backlog,
     HttpValidators,
     Subscription,
     SubscriptionCounts,
@@ -21,6 +22,10 @@ SUCCESS_BATCH_SECONDS = 0.005
 
 class DuplicateSubscriptionError(Exception):
     """This feed is already subscribed in this channel."""
+
+
+class SubscriptionGoneError(Exception):
+    """The subscription was removed while it was being changed."""
 
 
 class SubscriptionRepo:
@@ -244,6 +249,50 @@ class SubscriptionRepo:
                     (state.value, subscription_id),
                 )
 
+    async def edit(
+        self,
+        subscription_id: int,
+        *,
+        mirror_comments: bool,
+        mention_role_id: int | None,
+        interval_seconds: int,
+        interval_custom: bool,
+        next_poll_at: datetime,
+    ) -> None:
+        """Store what ``/blog edit`` changed; raise ``SubscriptionGoneError`` when it
+        was removed meanwhile (an UPDATE of no row is not success)."""
+        async with self.db.write() as tx:
+            row = await tx.fetchone(
+                """
+                UPDATE subscriptions
+                SET mirror_comments = ?, mention_role_id = ?, interval_seconds = ?,
+                    interval_custom = ?, next_poll_at = ?
+                WHERE id = ?
+                RETURNING id
+                """,
+                (
+                    int(mirror_comments),
+                    mention_role_id,
+                    interval_seconds,
+                    int(interval_custom),
+                    to_db_time(next_poll_at),
+                    subscription_id,
+                ),
+            )
+        if row is None:
+            raise SubscriptionGoneError(subscription_id)
+
+    async def follow_default_interval(self, seconds: int) -> int:
+        """Subscriptions on the bot's default interval take its current value (it may have
+        changed since they were stored); returns how many changed. Custom ones keep theirs."""
+        return await self.db.write_one(
+            """
+            UPDATE subscriptions SET interval_seconds = ?
+            WHERE interval_custom = 0 AND interval_seconds <> ?
+            """,
+            (seconds, seconds),
+        )
+
     async def update_feed_info(
         self, subscription_id: int, *, blog_title: str, comments_feed_url: str | None
     ) -> None:
@@ -258,6 +307,16 @@ class SubscriptionRepo:
             await tx.execute(
                 "UPDATE subscriptions SET comments_seen_until = ? WHERE id = ?",
                 (to_db_time(value), subscription_id),
+            )
+
+    async def poll_soon(self, subscription_id: int, now: datetime) -> None:
+        """Make an active subscription due now (a push notification for another process's
+        shard: its scheduler takes it on its next tick)."""
+        async with self.db.write() as tx:
+            await tx.execute(
+                "UPDATE subscriptions SET next_poll_at = ? "
+                "WHERE id = ? AND state = 'active' AND next_poll_at > ?",
+                (to_db_time(now), subscription_id, to_db_time(now)),
             )
 
     async def delete(self, subscription_id: int) -> None:
@@ -301,6 +360,30 @@ class SubscriptionRepo:
             set_aside=int(row[4]),
             latest_refusal=row[5],
         )
+
+    async def backlog(self, shards: Shards | None = None) -> Backlog:
+        """Pending and set-aside items of the guilds on ``shards`` (None: all), in one query.
+
+        Read at each ``/metrics`` scrape, never on a poll: a scan of the articles and
+        comments tables, milliseconds at the sizes of SPEC §7.
+        """
+        parameters = _shard_parameters(shards)
+        row = await self.db.fetchone(
+            f"""
+            SELECT
+                (SELECT count(*) FROM articles AS a JOIN subscriptions AS s
+                 ON s.id = a.subscription_id WHERE a.state = 'pending' AND {_ON_SHARDS}),
+                (SELECT count(*) FROM comments AS c JOIN subscriptions AS s
+                 ON s.id = c.subscription_id WHERE c.state = 'pending' AND {_ON_SHARDS}),
+                (SELECT count(*) FROM articles AS a JOIN subscriptions AS s
+                 ON s.id = a.subscription_id WHERE a.refusal IS NOT NULL AND {_ON_SHARDS}),
+                (SELECT count(*) FROM comments AS c JOIN subscriptions AS s
+                 ON s.id = c.subscription_id WHERE c.refusal IS NOT NULL AND {_ON_SHARDS})
+            """,
+            parameters * 4,
+        )
+        assert row is not None
+        return Backlog(*(int(value) for value in row))
 
     # --- HTTP validators -------------------------------------------------------------
 

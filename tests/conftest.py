@@ -15,6 +15,7 @@ import pytest
 from bot.client import BlogMirrorBot
 from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher, create_session
+from bot.metrics import Metrics
 from bot.pacing import Pacer
 from bot.settings import Settings
 from bot.untrusted import TimeLimits, Untrusted, open_pool
@@ -174,15 +175,19 @@ async def running_bot(
     path = database_path or tmp_path / "blogmirror.db"
     config = test_settings(path, database_url=database_url, **settings)
     db = await open_database(path=path, url=database_url)
+    metrics = Metrics()
     try:
         with double.patched():
             async with (
                 open_pool() as pool,
-                create_session(allow_private=True) as session,
-                aiohttp.ClientSession() as discord_session,
+                create_session(allow_private=config.allow_private_addresses) as session,
+                aiohttp.ClientSession(trace_configs=[metrics.discord_trace]) as discord_session,
             ):
                 fetcher = Fetcher(
-                    session, timeout=10, max_bytes=config.max_feed_bytes, allow_private=True
+                    session,
+                    timeout=config.feed_timeout_seconds,
+                    max_bytes=config.max_feed_bytes,
+                    allow_private=config.allow_private_addresses,
                 )
                 rest = DiscordRest(discord_session, token=TEST_TOKEN, pacer=Pacer())
                 bot = TestBot(
@@ -191,6 +196,7 @@ async def running_bot(
                     fetcher=fetcher,
                     rest=rest,
                     untrusted=Untrusted(pool, limits),
+                    metrics=metrics,
                     guild_ready_timeout=0.05,
                 )
                 bot.mirror.policy.retry_delay = 0.05

@@ -162,3 +162,26 @@ def test_memory_reports_peak_rss(entry: list[str]) -> None:
     )
     assert report["budget_mb"] == 150.0
     assert isinstance(report["ok"], bool)
+
+
+@pytest.mark.parametrize("entry", [["-m", "bench.push_latency"], ["bench/push_latency.py"]])
+def test_push_latency_reports_percentiles(entry: list[str]) -> None:
+    """push_latency with 2 comments prints their latency percentiles and no duplicates."""
+    report = run_benchmark(*entry, "--comments", "2")
+    assert set(report) == {
+        "benchmark",
+        "comments",
+        "poll_interval_s",
+        "p50_s",
+        "p95_s",
+        "max_s",
+        "duplicates",
+        "missing",
+        "budget_p95_s",
+        "ok",
+    }
+    assert (report["benchmark"], report["comments"]) == ("push_latency", 2)
+    assert_numbers(report, "p50_s", "p95_s", "max_s")
+    assert report["p50_s"] <= report["p95_s"] <= report["max_s"]
+    assert (report["duplicates"], report["missing"]) == (0, 0)
+    assert report["budget_p95_s"] == 3.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -230,6 +231,26 @@ def test_a_damaged_database_stops_the_bot_with_one_line(tmp_path: Path, kind: st
     assert database.read_bytes() == damaged
 
 
+def test_a_database_newer_than_the_code_stops_the_bot_with_one_line(tmp_path: Path) -> None:
+    """A database a newer blogmirror migrated (after a downgrade): exit 2, so a service
+    manager does not restart it in a loop, one line saying so, the schema left alone."""
+    from storage import SCHEMA_VERSION
+
+    (tmp_path / "data").mkdir()
+    database = tmp_path / "data" / "blogmirror.db"
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    env = {"DISCORD_TOKEN": "discord-double-token-0123456789", "LOG_LEVEL": "INFO"}
+    result = run(env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"blogmirror: The database is at schema version {SCHEMA_VERSION + 1}")
+    assert "Upgrade blogmirror" in line
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+
+
 # --- preview: what was not read, and local files -----------------------------------------
 
 
@@ -337,3 +358,22 @@ def test_preview_of_a_folder_without_feeds_is_an_error(
     [line] = result.stderr.splitlines()
     assert line.startswith(f"blogmirror preview: No feed file in the folder {tmp_path}")
     assert "URL" not in line
+
+
+def test_help_names_the_token_and_the_settings_file(tmp_path: Path) -> None:
+    """``--help`` says a bot token (DISCORD_TOKEN) is needed and where settings are listed."""
+    result = run("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "DISCORD_TOKEN" in text
+    assert ".env.example" in text
+
+
+def test_run_help_says_what_running_does(tmp_path: Path) -> None:
+    """``run --help`` says it connects to Discord, polls feeds and mirrors comments, with
+    settings from the environment and .env."""
+    result = run("run", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for words in ("connects to Discord", "polls", "comments", "environment", ".env"):
+        assert words in text, text

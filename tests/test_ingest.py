@@ -11,6 +11,7 @@ import pytest
 from bot.errors import FeedParseError, NotAFeedError
 from bot.fetch import Fetcher, create_session
 from bot.ingest import Ingestor, PollSummary
+from bot.models import PushLinks
 from bot.polling import DISABLE_AFTER, FAILING_AFTER, HealthChange, Poller
 from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
@@ -154,6 +155,23 @@ async def test_unchanged_feeds_cost_no_parse_and_store_nothing(env: Env) -> None
     assert not found_anything(await env.ingestor.poll(sub))
     again = await env.ingestor.poll(sub)
     assert again.posts_not_modified and not found_anything(again)
+
+
+async def test_a_poll_reports_the_feeds_websub_links(env: Env) -> None:
+    """Blogger's posts and comments feeds name their hub and topic; a 304 reports nothing."""
+    serve_seed(env.server)
+    sub = await env.subscribe()
+    summary = await env.ingestor.poll(sub)
+    blog = "https://www.blogger.com/feeds/4790201928346512375"
+    assert summary.push_links == [
+        PushLinks(sub.feed_url, "http://pubsubhubbub.appspot.com/", f"{blog}/posts/default"),
+        PushLinks(
+            env.server.url("/feeds/comments/default"),
+            "http://pubsubhubbub.appspot.com/",
+            f"{blog}/comments/default",
+        ),
+    ]
+    assert (await env.ingestor.poll(sub)).push_links == []
 
 
 async def test_backfill_posts_only_the_newest_articles(env: Env) -> None:

@@ -230,6 +230,9 @@ async def test_deleted_thread_is_not_recreated(harness: Harness) -> None:
 
 async def test_discord_faults_on_message_creation_never_duplicate(harness: Harness) -> None:
     """500s after the message was made, connection resets and 429 storms: each comment once."""
+    # discord.py sleeps up to ~9 s retrying 500s before a poll can answer: wait on the
+    # answer, with room for a loaded machine, rather than on the double's 10 s default.
+    harness.double.wait_timeout = 60.0
     harness.feeds.fixture("/feeds/posts/default", "seed/posts.atom.xml")
     comments_page(
         harness, [GenComment(2000 + n, at(10 + n), f"comment number {n}") for n in range(30)]

@@ -97,3 +97,82 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         settings.poll_concurrency = 3  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+def test_web_server_settings_default_to_no_server_on_loopback() -> None:
+    """WEB_PORT unset means no server; WEB_HOST defaults to 127.0.0.1."""
+    settings = load_settings({"DISCORD_TOKEN": TOKEN})
+    assert settings.web_port is None
+    assert settings.web_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("port", "host"), [("0", "::"), ("8080", "0.0.0.0"), ("65535", "localhost")]
+)
+def test_web_port_and_host_accept_ports_addresses_and_names(port: str, host: str) -> None:
+    """A port 0-65535 (0: any free one) and an IP address or host name are taken as given."""
+    settings = load_settings({"DISCORD_TOKEN": TOKEN, "WEB_PORT": port, "WEB_HOST": host})
+    assert (settings.web_port, settings.web_host) == (int(port), host)
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "http", "80.5"])
+def test_an_invalid_web_port_is_a_settings_problem(port: str) -> None:
+    """A WEB_PORT that is no port number is reported, naming the setting."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DISCORD_TOKEN": TOKEN, "WEB_PORT": port})
+    [problem] = caught.value.problems
+    assert problem.startswith("WEB_PORT must be")
+
+
+@pytest.mark.parametrize("host", ["", "local host", "under_score.example", "http://127.0.0.1"])
+def test_an_invalid_web_host_is_a_settings_problem(host: str) -> None:
+    """A WEB_HOST that is neither an IP address nor a host name is reported."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DISCORD_TOKEN": TOKEN, "WEB_HOST": host})
+    [problem] = caught.value.problems
+    assert problem.startswith("WEB_HOST must be an IP address or a host name")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", None),
+        ("https://bot.example.org/", "https://bot.example.org"),
+        ("https://bot.example.org/blogmirror", "https://bot.example.org/blogmirror"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:8080/", "http://localhost:8080"),
+    ],
+)
+def test_public_url_is_an_https_base(value: str, expected: str | None) -> None:
+    """PUBLIC_URL is an https base URL (plain http only for loopback), kept without its slash."""
+    settings = load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": value, "WEB_PORT": "8080"})
+    assert settings.public_url == expected
+
+
+def test_public_url_needs_the_web_server() -> None:
+    """PUBLIC_URL without WEB_PORT is a problem: the hubs' callbacks would reach nothing."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": "https://bot.example.org"})
+    [problem] = caught.value.problems
+    assert problem.startswith("PUBLIC_URL needs WEB_PORT")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://bot.example.org",
+        "http://10.0.0.5",
+        "ftp://bot.example.org",
+        "bot.example.org",
+        "https://",
+        "https://bot.example.org/?x=1",
+        "https://user:pw@bot.example.org",
+        "https://bot.example.org:99999",
+    ],
+)
+def test_public_url_refuses_anything_else(value: str) -> None:
+    """Plain http on the internet, other schemes, queries and credentials are refused."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DISCORD_TOKEN": TOKEN, "PUBLIC_URL": value})
+    assert any(problem.startswith("PUBLIC_URL must be") for problem in caught.value.problems)
+    assert "pw" not in caught.value.render()

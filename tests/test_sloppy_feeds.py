@@ -270,6 +270,30 @@ def test_broken_json_feeds_get_a_clear_error(body: bytes, error: type[Exception]
     assert "\n" not in str(caught.value) and "feed" in str(caught.value).lower()
 
 
+def test_json_feed_strings_lose_nul_controls_and_lone_surrogates() -> None:
+    """``\\u0000``, other C0 controls and lone surrogates (valid JSON escapes, but nothing a
+    database or Discord takes) become U+FFFD in every field; tabs and newlines stay."""
+    item = {
+        "id": "a\u0000b",
+        "url": "https://jay.example/x",
+        "title": "T\u0007itle \ud800 end",
+        "content_text": "line\u0000one\nline\ttwo",
+        "authors": [{"name": "N\u0000ame"}],
+        "tags": ["t\u0000ag"],
+    }
+    document = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [item]})
+    assert "\\u0000" in document
+    (article,) = parse_feed(document.encode(), "https://jay.example/feed.json").articles
+    assert article.id == "a\ufffdb"
+    assert article.title == "T\ufffditle \ufffd end"
+    assert article.author == "N\ufffdame"
+    assert article.labels == ("t\ufffdag",)
+    assert "line\ufffdone" in article.html and "line\ttwo" in article.html
+    for text in (article.id, article.title, article.html, article.author, *article.labels):
+        text.encode("utf-8")  # no lone surrogate left
+        assert "\x00" not in text
+
+
 def test_json_feed_is_recognised_by_the_sniff() -> None:
     """``looks_like_feed`` accepts a JSON Feed, and no other JSON."""
     assert looks_like_feed(_read("jsonfeed_1_1.json"))

@@ -2,12 +2,14 @@
 
 Real ``tests.botprocess`` processes against the Discord double: absent (a closed
 loopback port), arriving late on a port named beforehand, answering 5xx, and
-answering 401. ``TEST_START_RETRY_SECONDS`` makes the retries fast.
+answering 401; and what a healthy start says. ``TEST_START_RETRY_SECONDS`` makes the
+retries fast.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 import sys
@@ -16,6 +18,9 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
+import pytest
+
+from bot.settings import configure_logging
 from bot.startup import Backoff
 from tests.conftest import TEST_TOKEN
 from tests.discord_double import DiscordDouble
@@ -198,3 +203,40 @@ async def test_a_refused_token_stops_the_bot_with_one_line_and_exit_2(tmp_path: 
     assert bot.lines[-1] == about_token[0]
     assert TEST_TOKEN not in bot.text
     assert "Traceback" not in bot.text
+
+
+async def test_start_up_says_nothing_about_voice(tmp_path: Path) -> None:
+    """discord.py's "voice will NOT be supported" warnings are gone; the usual start lines stay."""
+    import discord.voice_client
+
+    # Without PyNaCl or davey discord.py warns at start: this test needs one missing.
+    assert not (discord.voice_client.has_nacl and discord.voice_client.has_dave)
+    async with DiscordDouble(token=TEST_TOKEN) as double:
+        guild = double.add_guild("Readers")
+        bot = await BotProcess.start(tmp_path, double.url, DEV_GUILD_ID=str(guild.id))
+        try:
+            await bot.wait_until(lambda: "Connected as" in bot.text, "the bot to be connected")
+            assert await bot.terminate() < 5
+        finally:
+            if bot.process.returncode is None:
+                bot.process.kill()
+                await bot.process.wait()
+    assert bot.process.returncode == 0, bot.text
+    assert "voice will NOT be supported" not in bot.text, bot.text
+    assert any(re.search(r"INFO +bot\.client: Connected as ", line) for line in bot.lines)
+    assert "Stopped; database closed" in bot.text
+    assert_clean(bot)
+
+
+def test_other_discord_client_warnings_still_reach_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the voice warnings are filtered: discord.client's other warnings are logged."""
+    configure_logging("INFO")
+    client_log = logging.getLogger("discord.client")
+    with caplog.at_level(logging.WARNING, logger="discord.client"):
+        client_log.warning("PyNaCl is not installed, voice will NOT be supported")
+        client_log.warning("Attempting a reconnect in %.2fs", 1.5)
+    assert [r.getMessage() for r in caplog.records if r.name == "discord.client"] == [
+        "Attempting a reconnect in 1.50s"
+    ]

@@ -30,6 +30,7 @@ from .models import (
     ChannelType,
     Guild,
     MessageType,
+    Role,
     Snowflakes,
     User,
 )
@@ -204,6 +205,11 @@ class DiscordDouble:
 
     def add_member(self, guild_id: int, name: str) -> User:
         return self.world.add_member(guild_id, name)
+
+    def add_role(self, guild_id: int, name: str, *, mentionable: bool = True) -> Role:
+        """A plain role (dispatches GUILD_ROLE_CREATE); it pings when mentioned and allowed
+        only if ``mentionable`` or the author has Mention Everyone, as on Discord."""
+        return self.world.add_role(guild_id, name, mentionable=mentionable)
 
     def set_bot_permissions(self, guild_id: int, permissions: PermissionsLike) -> None:
         """Replace the bot role's permissions (dispatches GUILD_ROLE_UPDATE)."""

@@ -100,6 +100,13 @@ class World:
         guild.members[user.id] = Member(user=user, role_ids=[])
         return user
 
+    def add_role(self, guild_id: int, name: str, *, mentionable: bool) -> Role:
+        guild = self.guild(guild_id)
+        role = Role(id=self.ids.next(), name=name, permissions=0, mentionable=mentionable)
+        guild.roles[role.id] = role
+        self.emit("GUILD_ROLE_CREATE", {"guild_id": str(guild_id), "role": role_json(role)})
+        return role
+
     def bot_role(self, guild_id: int) -> Role:
         return next(r for r in self.guild(guild_id).roles.values() if r.bot_id == self.bot.id)
 
@@ -256,8 +263,16 @@ class World:
         users = [int(u) for u in _USER_MENTION.findall(message.content)]
         roles = [int(r) for r in _ROLE_MENTION.findall(message.content)]
         message.mention_user_ids = [u for u in users if "users" in parse or u in allowed_users]
-        message.mention_role_ids = [r for r in roles if "roles" in parse or r in allowed_roles]
         author_perms = self.permissions_for(message.author.id, channel)
+        # A role pings only when it is mentionable or the author may mention every role.
+        guild_roles = self.guilds[channel.guild_id].roles if channel.guild_id else {}
+        message.mention_role_ids = [
+            r
+            for r in roles
+            if ("roles" in parse or r in allowed_roles)
+            and r in guild_roles
+            and (guild_roles[r].mentionable or bool(author_perms & P.MENTION_EVERYONE))
+        ]
         message.mention_everyone = (
             "everyone" in parse
             and ("@everyone" in message.content or "@here" in message.content)
