@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
@@ -124,7 +124,14 @@ class Ingestor:
     async def poll(self, sub: Subscription) -> PollSummary:
         """Fetch the posts feed and the comments, store what is new; raise ``FeedError``."""
         summary = PollSummary()
-        posts = await self._fetch(sub, sub.feed_url, "posts", summary, conditional=True)
+        urls = [sub.feed_url]
+        if sub.mirror_comments and sub.comments_feed_url:
+            urls.append(sub.comments_feed_url)
+        # Both feeds' validators in one round trip: most polls end with two 304s.
+        validators = await self.subscriptions.validators_for(sub.id, urls)
+        posts = await self._fetch(
+            sub, sub.feed_url, "posts", summary, conditional=True, prefetched=validators
+        )
         if posts.parsed is None:
             summary.posts_not_modified = True
         else:
@@ -132,7 +139,7 @@ class Ingestor:
             summary.blog_title = posts.parsed.title or None
             summary.warnings += posts.parsed.warnings
         if sub.mirror_comments:
-            await self._poll_comments(sub, posts.parsed, summary)
+            await self._poll_comments(sub, posts.parsed, summary, validators)
         # Validators are stored only once everything from this body is recorded,
         # so a failure part-way re-reads the same body next time.
         if posts.parsed is not None:
@@ -200,8 +207,16 @@ class Ingestor:
         *,
         conditional: bool,
         article_id: str | None = None,
+        prefetched: Mapping[str, HttpValidators] | None = None,
     ) -> Fetched:
-        cached = await self.subscriptions.validators(sub.id, url) if conditional else None
+        """Fetch ``url``, conditionally with its stored validators (read already when
+        ``prefetched`` is given), and parse it unless it is unchanged."""
+        cached: HttpValidators | None = None
+        if conditional:
+            if prefetched is not None:
+                cached = prefetched.get(url)
+            else:
+                cached = await self.subscriptions.validators(sub.id, url)
         summary.requests += 1
         result = await self.fetcher.fetch(
             url,
@@ -279,15 +294,21 @@ class Ingestor:
     # --- comments ----------------------------------------------------------------------
 
     async def _poll_comments(
-        self, sub: Subscription, posts: ParsedFeed | None, summary: PollSummary
+        self,
+        sub: Subscription,
+        posts: ParsedFeed | None,
+        summary: PollSummary,
+        validators: Mapping[str, HttpValidators],
     ) -> None:
         if sub.dialect == Dialect.BLOGGER and sub.comments_feed_url:
-            await self._poll_paged_comments(sub, sub.comments_feed_url, summary)
+            await self._poll_paged_comments(sub, sub.comments_feed_url, summary, validators)
             return
         reached_known = True
         if sub.comments_feed_url:
             try:
-                reached_known = await self._poll_paged_comments(sub, sub.comments_feed_url, summary)
+                reached_known = await self._poll_paged_comments(
+                    sub, sub.comments_feed_url, summary, validators
+                )
             except PermanentFeedError as exc:
                 # No usable site-wide feed (404, hidden): per-article feeds serve instead.
                 log.debug("Site-wide comments feed of %s unusable: %s", sub.feed_url, exc)
@@ -295,7 +316,13 @@ class Ingestor:
         if not sub.comments_feed_url or not reached_known:
             await self._poll_article_feeds(sub, summary)
 
-    async def _poll_paged_comments(self, sub: Subscription, url: str, summary: PollSummary) -> bool:
+    async def _poll_paged_comments(
+        self,
+        sub: Subscription,
+        url: str,
+        summary: PollSummary,
+        validators: Mapping[str, HttpValidators],
+    ) -> bool:
         """Read a newest-first comments feed back to known ground; True if it got there.
 
         Every page is read before anything is recorded: if a later page fails,
@@ -303,7 +330,9 @@ class Ingestor:
         (Recording page 1 first would make it "known ground" next time, and the
         comments on the failed pages would never be read.)
         """
-        first = await self._fetch(sub, url, "comments", summary, conditional=True)
+        first = await self._fetch(
+            sub, url, "comments", summary, conditional=True, prefetched=validators
+        )
         if first.parsed is None:
             return True
         page = first.parsed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -397,6 +398,17 @@ class SubscriptionRepo:
         )
         row = next(iter(rows), None)
         return HttpValidators(row[0], row[1], row[2], row[3]) if row else None
+
+    async def validators_for(
+        self, subscription_id: int, urls: Sequence[str]
+    ) -> dict[str, HttpValidators]:
+        """The stored validators of several URLs of one subscription, in one round trip."""
+        rows = await self.db.fetch(
+            "SELECT url, etag, last_modified, body_hash, entry_digests FROM http_cache "
+            "WHERE subscription_id = ? AND url IN (SELECT value FROM json_each(?))",
+            (subscription_id, json.dumps(list(urls))),
+        )
+        return {row[0]: HttpValidators(row[1], row[2], row[3], row[4]) for row in rows}
 
     async def store_validators(
         self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
