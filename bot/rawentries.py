@@ -176,9 +176,16 @@ class _Scanner:
 
     def run(self) -> tuple[RawEntry, ...]:
         document = self.document
-        for offset in range(0, len(document), _CHUNK):
-            self.xml.feed(document[offset : offset + _CHUNK])
-        self.xml.close()
+        try:
+            for offset in range(0, len(document), _CHUNK):
+                self.xml.feed(document[offset : offset + _CHUNK])
+            self.xml.close()
+        finally:
+            # The handlers and the parser refer to each other: let both go now, not when
+            # the cycle collector comes by.
+            expat = self.expat
+            expat.StartElementHandler = expat.EndElementHandler = None
+            expat.StartNamespaceDeclHandler = expat.CharacterDataHandler = None
         if self.nested:  # spans inside spans: cutting one out is not safe
             return tuple(replace(entry, span=None, digest=None) for entry in self.found)
         return tuple(self.found)
