@@ -29,7 +29,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 NOT_BENCHMARKS = frozenset({"__init__", "common", "run_all"})
 # The usual order: cheapest first, so a broken set-up shows up early.
-PREFERRED = ("loop_lag", "poll_idle", "memory", "backfill")
+PREFERRED = ("loop_lag", "poll_idle", "changed", "memory", "backfill")
 
 OK, OVER, BROKEN = 0, 1, 2
 
@@ -110,6 +110,19 @@ def _poll_idle(r: Mapping[str, Any]) -> list[Row]:
     ]
 
 
+def _changed(r: Mapping[str, Any]) -> list[Row]:
+    return [
+        Row(
+            f"changed (1 new of {r['comments_per_page']} comments)",
+            f"{r['ratio']}x ({r['bot_cpu_ms_per_poll']} ms CPU/poll, "
+            f"{r['workers_cpu_ms']} ms of it parsing)",
+            f"<= {r['budget_ratio']}x",
+            f"{r['baseline_feedparser_cpu_ms']} ms CPU, plain feedparser.parse",
+            _yes(r["ok"]),
+        )
+    ]
+
+
 def _loop_lag(r: Mapping[str, Any]) -> list[Row]:
     return [
         Row(
@@ -179,6 +192,7 @@ def _generic(r: Mapping[str, Any]) -> list[Row]:
 
 DESCRIBE: dict[str, Callable[[Mapping[str, Any]], list[Row]]] = {
     "poll_idle": _poll_idle,
+    "changed": _changed,
     "loop_lag": _loop_lag,
     "memory": _memory,
     "backfill": _backfill,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
@@ -40,6 +40,7 @@ from bot.errors import FeedError, PermanentFeedError
 from bot.fetch import Fetcher
 from bot.models import Article, Comment, Dialect, ParsedFeed, PushLinks
 from bot.paging import feed_pages
+from bot.selective import remember
 from bot.untrusted import Untrusted
 from storage import ArticleRepo, CommentRepo, SubscriptionRepo
 from storage.articles import KnownEntry
@@ -73,6 +74,8 @@ class PollSummary:
     new_comments: int = 0
     changed_comments: int = 0
     requests: int = 0
+    # Entries of changed bodies not read again: recorded before, byte for byte the same.
+    unchanged_entries: int = 0
     warnings: list[str] = field(default_factory=list)
     blog_title: str | None = None
     push_links: list[PushLinks] = field(default_factory=list)
@@ -121,7 +124,14 @@ class Ingestor:
     async def poll(self, sub: Subscription) -> PollSummary:
         """Fetch the posts feed and the comments, store what is new; raise ``FeedError``."""
         summary = PollSummary()
-        posts = await self._fetch(sub, sub.feed_url, "posts", summary, conditional=True)
+        urls = [sub.feed_url]
+        if sub.mirror_comments and sub.comments_feed_url:
+            urls.append(sub.comments_feed_url)
+        # Both feeds' validators in one round trip: most polls end with two 304s.
+        validators = await self.subscriptions.validators_for(sub.id, urls)
+        posts = await self._fetch(
+            sub, sub.feed_url, "posts", summary, conditional=True, prefetched=validators
+        )
         if posts.parsed is None:
             summary.posts_not_modified = True
         else:
@@ -129,11 +139,14 @@ class Ingestor:
             summary.blog_title = posts.parsed.title or None
             summary.warnings += posts.parsed.warnings
         if sub.mirror_comments:
-            await self._poll_comments(sub, posts.parsed, summary)
+            await self._poll_comments(sub, posts.parsed, summary, validators)
         # Validators are stored only once everything from this body is recorded,
         # so a failure part-way re-reads the same body next time.
         if posts.parsed is not None:
-            await self._store_validators(sub, posts)
+            articles = posts.parsed.articles
+            await self._store_validators(
+                sub, posts, {a.id for a in articles}.union(posts.parsed.unchanged)
+            )
         return summary
 
     # --- one article, for /blog resync -------------------------------------------------
@@ -194,8 +207,16 @@ class Ingestor:
         *,
         conditional: bool,
         article_id: str | None = None,
+        prefetched: Mapping[str, HttpValidators] | None = None,
     ) -> Fetched:
-        cached = await self.subscriptions.validators(sub.id, url) if conditional else None
+        """Fetch ``url``, conditionally with its stored validators (read already when
+        ``prefetched`` is given), and parse it unless it is unchanged."""
+        cached: HttpValidators | None = None
+        if conditional:
+            if prefetched is not None:
+                cached = prefetched.get(url)
+            else:
+                cached = await self.subscriptions.validators(sub.id, url)
         summary.requests += 1
         result = await self.fetcher.fetch(
             url,
@@ -210,13 +231,17 @@ class Ingestor:
             await self.subscriptions.store_validators(
                 sub.id,
                 url,
-                HttpValidators(result.etag, result.last_modified, body_hash),
+                HttpValidators(result.etag, result.last_modified, body_hash, cached.entry_digests),
                 now=self.clock(),
             )
             return Fetched(url, None)
+        # What the last body held spares feedparser the entries that come again; not on the
+        # first poll, whose backfill ranks every article.
+        known = cached.entry_digests if cached and sub.last_success_at is not None else None
         parsed = await self.untrusted.parse_feed(
-            result.body, result.url, kind=kind, article_id=article_id
+            result.body, result.url, kind=kind, article_id=article_id, known=known
         )
+        summary.unchanged_entries += len(parsed.unchanged)
         self._pending_validators[(sub.id, url)] = HttpValidators(
             result.etag, result.last_modified, body_hash
         )
@@ -224,9 +249,13 @@ class Ingestor:
             summary.push_links.append(PushLinks(url, parsed.hub_url, parsed.self_url))
         return Fetched(url, parsed)
 
-    async def _store_validators(self, sub: Subscription, fetched: Fetched) -> None:
+    async def _store_validators(
+        self, sub: Subscription, fetched: Fetched, recorded: Collection[str]
+    ) -> None:
+        """Store the body's validators, and what it held: the entries now ``recorded``."""
         validators = self._pending_validators.pop((sub.id, fetched.url), None)
-        if validators is not None:
+        if validators is not None and fetched.parsed is not None:
+            validators = replace(validators, entry_digests=remember(fetched.parsed, recorded))
             await self.subscriptions.store_validators(
                 sub.id, fetched.url, validators, now=self.clock()
             )
@@ -265,15 +294,21 @@ class Ingestor:
     # --- comments ----------------------------------------------------------------------
 
     async def _poll_comments(
-        self, sub: Subscription, posts: ParsedFeed | None, summary: PollSummary
+        self,
+        sub: Subscription,
+        posts: ParsedFeed | None,
+        summary: PollSummary,
+        validators: Mapping[str, HttpValidators],
     ) -> None:
         if sub.dialect == Dialect.BLOGGER and sub.comments_feed_url:
-            await self._poll_paged_comments(sub, sub.comments_feed_url, summary)
+            await self._poll_paged_comments(sub, sub.comments_feed_url, summary, validators)
             return
         reached_known = True
         if sub.comments_feed_url:
             try:
-                reached_known = await self._poll_paged_comments(sub, sub.comments_feed_url, summary)
+                reached_known = await self._poll_paged_comments(
+                    sub, sub.comments_feed_url, summary, validators
+                )
             except PermanentFeedError as exc:
                 # No usable site-wide feed (404, hidden): per-article feeds serve instead.
                 log.debug("Site-wide comments feed of %s unusable: %s", sub.feed_url, exc)
@@ -281,7 +316,13 @@ class Ingestor:
         if not sub.comments_feed_url or not reached_known:
             await self._poll_article_feeds(sub, summary)
 
-    async def _poll_paged_comments(self, sub: Subscription, url: str, summary: PollSummary) -> bool:
+    async def _poll_paged_comments(
+        self,
+        sub: Subscription,
+        url: str,
+        summary: PollSummary,
+        validators: Mapping[str, HttpValidators],
+    ) -> bool:
         """Read a newest-first comments feed back to known ground; True if it got there.
 
         Every page is read before anything is recorded: if a later page fails,
@@ -289,19 +330,32 @@ class Ingestor:
         (Recording page 1 first would make it "known ground" next time, and the
         comments on the failed pages would never be read.)
         """
-        first = await self._fetch(sub, url, "comments", summary, conditional=True)
+        first = await self._fetch(
+            sub, url, "comments", summary, conditional=True, prefetched=validators
+        )
         if first.parsed is None:
             return True
-        oldest_mirrored = await self._oldest_mirrored(sub)
         page = first.parsed
         collected: list[Comment] = []
+        stored: dict[str, KnownEntry] = {}
+        oldest_mirrored: list[datetime | None] = []  # read once, and only if needed
         seen_next: set[str] = set()
         pages = 1
         reached = False
         while True:
             collected += page.comments
-            known = await self.comments.known(sub.id, [c.id for c in page.comments])
-            if known or self._reached_old_ground(sub, page.comments, oldest_mirrored):
+            # Entries not read again are stored ones: known ground, like any known id.
+            ids = [*(c.id for c in page.comments), *page.unchanged]
+            # The same query finds which entries the comments name as articles are stored
+            # comments, for ``_record_comments``.
+            page_known = await self.comments.known(
+                sub.id, {*ids, *(c.article_id for c in page.comments)}
+            )
+            stored.update(page_known)
+            known = any(entry_id in page_known for entry_id in ids)
+            if not known and not oldest_mirrored:
+                oldest_mirrored.append(await self._oldest_mirrored(sub))
+            if known or self._reached_old_ground(sub, page.comments, oldest_mirrored[0]):
                 reached = True
                 break
             next_url = page.next_url
@@ -321,7 +375,7 @@ class Ingestor:
                 break
             page = await self.untrusted.parse_feed(result.body, result.url, kind="comments")
             pages += 1
-        await self._record_comments(sub, _unique(collected), summary)
+        recorded = await self._record_comments(sub, _unique(collected), summary, stored)
         newest = max((c.published for c in collected if not c.undated), default=None)
         if newest is not None:
             # A comment dated in the future (a wrong clock, a broken feed) must not push
@@ -331,7 +385,7 @@ class Ingestor:
             sub.comments_seen_until is None or newest > sub.comments_seen_until
         ):
             await self.subscriptions.set_comments_seen_until(sub.id, newest)
-        await self._store_validators(sub, first)
+        await self._store_validators(sub, first, recorded.union(first.parsed.unchanged))
         return reached
 
     def _reached_old_ground(
@@ -374,19 +428,32 @@ class Ingestor:
                 summary.warnings.append(f"Comments of “{article.title}”: {exc}")
                 continue
             if fetched.parsed is not None:
-                await self._record_comments(sub, fetched.parsed.comments, summary)
-                await self._store_validators(sub, fetched)
+                recorded = await self._record_comments(sub, fetched.parsed.comments, summary)
+                await self._store_validators(sub, fetched, recorded.union(fetched.parsed.unchanged))
 
     async def _record_comments(
-        self, sub: Subscription, comments: Sequence[Comment], summary: PollSummary
-    ) -> bool:
-        """Store new comments of mirrored articles, note changes; True if any was known."""
+        self,
+        sub: Subscription,
+        comments: Sequence[Comment],
+        summary: PollSummary,
+        stored: dict[str, KnownEntry] | None = None,
+    ) -> set[str]:
+        """Store new comments of mirrored articles, note changes; the ids storage now holds.
+
+        ``stored`` tells which comments are known, among the batch and the entries
+        the batch names as articles (a reply may name a comment, see
+        ``_resolve_threading``, which may be one not read again this time); one
+        query asks when it is not given.
+        """
         if not comments:
-            return False
-        known = await self.comments.known(sub.id, [c.id for c in comments])
+            return set()
+        ids = {c.id for c in comments}
+        if stored is None:
+            stored = await self.comments.known(sub.id, ids | {c.article_id for c in comments})
+        known = {entry_id: entry for entry_id, entry in stored.items() if entry_id in ids}
         now = self.clock()
         comments = [c if c.id in known else _first_seen(c, now) for c in comments]
-        comments = await self._resolve_threading(sub, comments, known)
+        comments = await self._resolve_threading(sub, comments, stored)
         article_ids = {c.article_id for c in comments}
         articles = await self.articles.known(sub.id, article_ids)
         inserts: list[tuple[int, NewComment, CommentState]] = []
@@ -412,7 +479,7 @@ class Ingestor:
         )
         await self.comments.update_content(sub.id, changed)
         summary.changed_comments += len(changed)
-        return bool(known)
+        return set(known).union(row.entry_id for _article, row, _state in inserts)
 
     async def _resolve_threading(
         self, sub: Subscription, comments: Sequence[Comment], known: dict[str, KnownEntry]

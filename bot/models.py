@@ -6,6 +6,7 @@ ingestion service stores them, rendering turns them into Discord messages.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -70,6 +71,13 @@ class ParsedFeed:
     warnings: tuple[str, ...] = field(default=())
     hub_url: str | None = None  # WebSub: the feed's ``rel="hub"`` link
     self_url: str | None = None  # WebSub: the feed's ``rel="self"`` link, the hub's topic
+    unchanged: tuple[str, ...] = ()
+    """Ids of entries in the document that were not read again: recorded before from these
+    very bytes (``bot.selective``). They are there, unchanged; never take them for gone."""
+    digests: Mapping[str, bytes] = field(default_factory=dict)
+    """Entry id -> digest of the entry's raw bytes, for every entry that has one."""
+    normalised: int = 0
+    """How many entries feedparser read (the others are ``unchanged``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import feedparser
 
-from bot import rawxml
+from bot import rawxml, selective
 from bot.charset import decode_document
 from bot.errors import FeedParseError, NotAFeedError
 from bot.feedvalues import (
@@ -44,9 +45,12 @@ from bot.feedvalues import (
 from bot.images import choose_image
 from bot.jsonfeed import parse_json_feed
 from bot.models import Article, Comment, Dialect, ParsedFeed
+from bot.rawentries import RawEntry, read_raw_entries
 from bot.xmlrepair import repair_document
 
 __all__ = ["parse_feed"]
+
+log = logging.getLogger(__name__)
 
 
 Kind = Literal["posts", "comments"]
@@ -80,13 +84,17 @@ def parse_feed(
     *,
     kind: Kind | None = None,
     article_id: str | None = None,
+    known: bytes | None = None,
 ) -> ParsedFeed:
     """Parse a whole feed document, or raise NotAFeedError / FeedParseError.
 
     ``url`` is where the body came from (or a file path): it resolves relative
     links and locates the blog-wide comments feed. ``kind`` None autodetects.
     ``article_id`` names the article of a per-post comments feed whose entries
-    do not say which article they belong to.
+    do not say which article they belong to. ``known`` is what
+    ``bot.selective.remember`` made of the last body of this URL: entries it
+    recorded that come again byte for byte are not read again, but listed as
+    ``unchanged``.
     """
     base_url = url if urlsplit(url).scheme in ("http", "https") else None
     text = decode_document(body)
@@ -94,7 +102,40 @@ def parse_feed(
         return parse_json_feed(text, base_url, kind=kind)
     prolog = rawxml.check_document(text)
     document = repair_document(text, prolog.end)
-    raw_entries = rawxml.read_raw_entries(document, base_url)
+    salt = selective.entry_salt(url, kind, article_id)
+    raw_entries = read_raw_entries(document, base_url, salt=salt)
+    remembered = selective.KnownEntries.decode(known) if kind is not None else None
+    selection = selective.select(document, raw_entries, remembered) if remembered else None
+    if remembered is not None and selection is not None:
+        try:
+            feed = _read(
+                selection.document, selection.kept, url, kind, article_id, selection.left_out
+            )
+        except (FeedParseError, NotAFeedError):
+            feed = None  # the whole document decides
+        if feed is not None and selective.agrees(feed, selection, remembered):
+            log.debug(
+                "Read %d of %d entries of %s; %d unchanged",
+                feed.normalised,
+                len(raw_entries),
+                url,
+                len(feed.unchanged),
+            )
+            return feed
+        log.debug("Read all of %s: the cut document did not agree with the whole", url)
+    return _read(document, raw_entries, url, kind, article_id)
+
+
+def _read(
+    document: bytes,
+    raw_entries: Sequence[RawEntry],
+    url: str,
+    kind: Kind | None,
+    article_id: str | None,
+    left_out: Sequence[RawEntry] = (),
+) -> ParsedFeed:
+    """feedparser over ``document`` (repaired), each entry built with its raw facts."""
+    base_url = url if urlsplit(url).scheme in ("http", "https") else None
     parsed = _run_feedparser(document, base_url)
     feed: Entry = parsed.feed
     dialect = _dialect(feed)
@@ -102,6 +143,10 @@ def parse_feed(
     kind = kind or _detect_kind(feed, dialect, entries)
     context = _Context(dialect, base_url, article_id, _feed_date(feed))
     site_url = _link(feed, "alternate") or _str(feed, "link")
+    digests = {e.id: e.raw.digest for e in entries if e.raw.digest and e.raw.id == e.id}
+    for raw in left_out:
+        if raw.id is not None and raw.digest is not None:
+            digests[raw.id] = raw.digest
     return ParsedFeed(
         kind=kind,
         dialect=dialect,
@@ -114,6 +159,9 @@ def parse_feed(
         warnings=tuple(warnings),
         hub_url=absolute(base_url, _link(feed, "hub")),
         self_url=absolute(base_url, _link(feed, "self")),
+        unchanged=tuple(raw.id for raw in left_out if raw.id is not None),
+        digests=digests,
+        normalised=len(parsed.entries),
     )
 
 
@@ -243,14 +291,14 @@ class _Item:
 
     id: str
     entry: Entry
-    raw: rawxml.RawEntry
+    raw: RawEntry
 
 
 def _unique_entries(
-    entries: Sequence[Entry], raw_entries: Sequence[rawxml.RawEntry]
+    entries: Sequence[Entry], raw_entries: Sequence[RawEntry]
 ) -> tuple[list[_Item], list[str]]:
     """Give each entry its identity and raw facts; drop repeated ids, with a warning."""
-    raw_by_id: dict[str, rawxml.RawEntry] = {}
+    raw_by_id: dict[str, RawEntry] = {}
     for raw in raw_entries:
         if raw.id is not None:
             raw_by_id.setdefault(raw.id, raw)
@@ -268,11 +316,11 @@ def _unique_entries(
     return items, warnings
 
 
-def _raw_at(raw_entries: Sequence[rawxml.RawEntry], index: int) -> rawxml.RawEntry:
+def _raw_at(raw_entries: Sequence[RawEntry], index: int) -> RawEntry:
     """The raw facts for an entry without an id: same position in the document."""
     if index < len(raw_entries) and raw_entries[index].id is None:
         return raw_entries[index]
-    return rawxml.RawEntry()
+    return RawEntry()
 
 
 def _entry_id(entry: Entry) -> str:

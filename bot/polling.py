@@ -134,13 +134,15 @@ class Poller:
         if change:
             log.info("Feed %s recovered after %d failures", sub.feed_url, sub.consecutive_failures)
         log.debug(
-            "Polled %s: posts feed %s, %d new articles, %d new comments, %d changed, %d requests",
+            "Polled %s: posts feed %s, %d new articles, %d new comments, %d changed, "
+            "%d requests, %d entries not read again",
             sub.feed_url,
             "unchanged" if summary.posts_not_modified else "read",
             summary.new_articles,
             summary.new_comments,
             summary.changed_articles + summary.changed_comments,
             summary.requests,
+            summary.unchanged_entries,
         )
         for warning in summary.warnings:  # the poll succeeded, but not all of it
             log.info("Poll of %s: %s", sub.feed_url, warning)

@@ -9,12 +9,10 @@ are wrong for us in a few places, so this module works on the raw bytes:
   not make a page of a document whose root is ``<rss>`` or ``<feed>``);
 * it refuses DTDs that declare entities (billion laughs, external entities)
   before any parser could expand them;
-* it reads ``blogger.contentRemoved``, ``thr:in-reply-to`` and
-  ``link rel="related"`` per entry with a namespace-aware, entity-safe parser,
-  because feedparser keeps only the last ``gd:extendedProperty`` of an entry;
-  ids and references are resolved against ``xml:base`` exactly as feedparser
-  resolves them, so the two readings of an entry match;
-* it fails on any XML error, so a truncated body never yields fewer entries.
+* ``bot.rawentries`` then reads each entry's raw facts (``blogger.contentRemoved``,
+  ``thr:in-reply-to``, ``link rel="related"``) with a namespace-aware,
+  entity-safe parser, and fails on any XML error, so a truncated body never
+  yields fewer entries.
 
 Repairs of sloppy text (undeclared HTML entities, invalid characters) happen
 before, in ``bot.xmlrepair``; decoding, in ``bot.charset``.
@@ -22,17 +20,8 @@ before, in ``bot.xmlrepair``; decoding, in ``bot.charset``.
 
 from __future__ import annotations
 
-import io
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from xml.etree.ElementTree import Element, ParseError
-
-import defusedxml
-import defusedxml.ElementTree
-
-# feedparser's own URL joining, so an id resolves here exactly as feedparser resolves it.
-from feedparser.urls import _urljoin, make_safe_absolute_uri
 
 from bot.charset import decode_document
 from bot.errors import FeedParseError, NotAFeedError
@@ -41,20 +30,6 @@ ATOM_NS = "http://www.w3.org/2005/Atom"
 THR_NS = "http://purl.org/syndication/thread/1.0"
 GD_NS = "http://schemas.google.com/g/2005"
 
-_ENTRY_TAGS = frozenset(
-    {
-        f"{{{ATOM_NS}}}entry",
-        "item",  # RSS 0.9x / 2.0
-        "{http://purl.org/rss/1.0/}item",
-        "{http://my.netscape.com/rdf/simple/0.9/}item",
-    }
-)
-_ATOM_ID = f"{{{ATOM_NS}}}id"
-_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
-_IN_REPLY_TO = f"{{{THR_NS}}}in-reply-to"
-_ATOM_LINK = f"{{{ATOM_NS}}}link"
-_BASE_KEY = "{urn:x-blogmirror}resolved-base"  # where each element's resolved base is kept
-_CONTENT_REMOVED = "blogger.contentRemoved"
 _FEED_ROOTS = frozenset({"rss", "feed", "rdf"})
 _PAGE_ROOTS = frozenset({"html", "head", "body"})
 _HIDDEN_COMMENTS = "Comments are hidden from the blog."
@@ -74,17 +49,6 @@ class Prolog:
     root: str | None  # qualified name of the first element, if one was reached
     doctype: str | None  # name given in <!DOCTYPE name ...>
     end: int  # offset where the root element starts (or where scanning stopped)
-
-
-@dataclass(frozen=True, slots=True)
-class RawEntry:
-    """The per-entry facts feedparser loses or mangles, read from the raw XML."""
-
-    id: str | None = None
-    removed: bool = False
-    in_reply_to_ref: str | None = None
-    in_reply_to_href: str | None = None
-    related_href: str | None = None
 
 
 def looks_like_feed(body: bytes) -> bool:
@@ -172,122 +136,6 @@ def _refuse_entity_declarations(text: str, prolog: Prolog) -> None:
             "The feed declares XML entities in a DTD, which is refused for safety "
             "(it could expand without limit or read local files)."
         )
-
-
-def read_raw_entries(body: bytes, base_url: str | None = None) -> tuple[RawEntry, ...]:
-    """Parse the whole (repaired, UTF-8) document strictly; each entry's raw facts, in order.
-
-    ``base_url`` is the document's own URL, the base feedparser starts from.
-    Raises FeedParseError on any XML error (a truncated body included) and on
-    any entity declaration, so nothing from a bad body is ever used.
-    """
-    try:
-        return tuple(_entry_elements(body, base_url or ""))
-    except defusedxml.DefusedXmlException as exc:
-        raise FeedParseError(
-            "The feed uses XML entity or DTD features that are refused for safety."
-        ) from exc
-    except (ParseError, ValueError, LookupError) as exc:  # LookupError: unknown encoding
-        raise FeedParseError(
-            f"The feed is not well-formed XML ({exc}); it may be truncated or broken."
-        ) from exc
-
-
-def _entry_elements(body: bytes, base_url: str) -> Iterator[RawEntry]:
-    """Each completed entry/item element's facts, freeing the element after use.
-
-    The base URI is tracked the way feedparser's ``unknown_starttag`` and
-    ``unknown_endtag`` track it (with its quirks: it also honours a bare
-    ``base`` attribute, and keeps a child's base when the parent's is empty),
-    and stored on each element as it opens.
-    """
-    events = defusedxml.ElementTree.iterparse(io.BytesIO(body), events=("start", "end"))
-    current, stack = base_url, []
-    joined: dict[tuple[str, str], str] = {}  # most elements repeat their parent's join
-    for event, element in events:
-        if event == "start":
-            given = _base_attribute(element) or current
-            key = (current, given)
-            if key not in joined:
-                if current:
-                    joined[key] = make_safe_absolute_uri(current, given) or current
-                else:
-                    joined[key] = _urljoin(current, given)
-            current = joined[key]
-            stack.append(current)
-            element.set(_BASE_KEY, current)
-            continue
-        stack.pop()
-        if stack and stack[-1]:
-            current = stack[-1]
-        if element.tag in _ENTRY_TAGS:
-            yield _raw_entry(element)
-            element.clear()
-
-
-def _base_attribute(element: Element) -> str | None:
-    """``xml:base``, else any attribute named ``base`` (feedparser lower-cases names)."""
-    value = element.get(_XML_BASE)
-    if value is None:
-        for name, candidate in element.attrib.items():
-            if name.rpartition("}")[2].lower() == "base":
-                return candidate
-    return value
-
-
-def _raw_entry(element: Element) -> RawEntry:
-    """Pick the facts we need out of one entry element."""
-    reply = element.find(_IN_REPLY_TO)
-    return RawEntry(
-        id=_entry_id(element),
-        removed=_is_removed(element),
-        in_reply_to_ref=_resolved(reply, "ref"),
-        in_reply_to_href=_resolved(reply, "href"),
-        related_href=_related_href(element),
-    )
-
-
-def _entry_id(element: Element) -> str | None:
-    """The entry's own id (Atom ``id`` or RSS ``guid``), as feedparser reports it.
-
-    feedparser strips it and resolves it against the element's base, except
-    an RSS guid marked ``isPermaLink="false"``.
-    """
-    for child in (element.find(_ATOM_ID), element.find("guid")):
-        if child is None or not (child.text or "").strip():
-            continue
-        permalink = next((v for k, v in child.attrib.items() if k.lower() == "ispermalink"), "true")
-        text = (child.text or "").strip()
-        return _urljoin(child.get(_BASE_KEY) or "", text) if permalink == "true" else text
-    return None
-
-
-def _is_removed(element: Element) -> bool:
-    """True when Blogger marks the entry with ``blogger.contentRemoved = true``."""
-    return any(
-        prop.get("name") == _CONTENT_REMOVED and (prop.get("value") or "").lower() == "true"
-        for prop in element.iter(f"{{{GD_NS}}}extendedProperty")
-    )
-
-
-def _related_href(element: Element) -> str | None:
-    """The ``href`` of the entry's ``link rel="related"`` (Blogger: the parent comment)."""
-    for link in element.findall(_ATOM_LINK):
-        if link.get("rel") == "related" and link.get("href"):
-            return _resolved(link, "href")
-    return None
-
-
-def _resolved(element: Element | None, name: str) -> str | None:
-    """A stripped, non-empty attribute value resolved against the element's base, or None.
-
-    feedparser resolves ids and link hrefs this way, so a reference resolved here
-    matches the id of the entry it names.
-    """
-    if element is None:
-        return None
-    value = (element.get(name) or "").strip()
-    return _urljoin(element.get(_BASE_KEY) or "", value) or None if value else None
 
 
 def _skip_whitespace(data: str, pos: int) -> int:

@@ -72,10 +72,16 @@ class Untrusted:
         self.limits = limits or TimeLimits()
 
     async def parse_feed(
-        self, body: bytes, url: str, *, kind: Kind | None = None, article_id: str | None = None
+        self,
+        body: bytes,
+        url: str,
+        *,
+        kind: Kind | None = None,
+        article_id: str | None = None,
+        known: bytes | None = None,
     ) -> ParsedFeed:
         """``bot.parse.parse_feed`` in a worker; ``DocumentTooSlowError`` over the limit."""
-        job = functools.partial(parse_feed, kind=kind, article_id=article_id)
+        job = functools.partial(parse_feed, kind=kind, article_id=article_id, known=known)
         try:
             return await self.pool.run(job, body, url, limit=self.limits.feed)
         except WorkTimeout as exc:

@@ -28,6 +28,8 @@ DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
 
 # Characters XML 1.0 forbids, raw (lone surrogates included).
 _INVALID_CHARS = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]+")
+# The same control characters as UTF-8 bytes (each is one byte, never part of another).
+_CONTROL_BYTES = bytes(c for c in range(0x20) if c not in (0x9, 0xA, 0xD))
 # Sections whose text is not markup: no reference is read inside them.
 _SECTION = re.compile(r"<!\[CDATA\[|<!--|<\?")
 _SECTION_END = {"<![CDATA[": "]]>", "<!--": "-->", "<?": "?>"}
@@ -44,9 +46,27 @@ def repair_document(text: str, root_offset: int) -> bytes:
 
     ``root_offset`` is where the prolog ends (``rawxml.Prolog.end``).
     """
-    body = _INVALID_CHARS.sub("", text[root_offset:])
+    body = _drop_invalid_characters(text[root_offset:])
     body = _numeric_references(_named_references(body))
     return (DECLARATION + body).encode("utf-8")
+
+
+def _drop_invalid_characters(text: str) -> str:
+    """``text`` without the characters XML 1.0 forbids.
+
+    The regular expression costs about 15 ns a character; most documents hold no
+    such character, which their UTF-8 bytes show some ten times faster: no
+    control byte, and no lead bytes of the surrogates or of U+FFFE/U+FFFF (a
+    Hangul syllable or a half-width form shares them and takes the slow path).
+    """
+    raw = text.encode("utf-8", "surrogatepass")
+    if (
+        len(raw.translate(None, _CONTROL_BYTES)) == len(raw)
+        and b"\xed" not in raw
+        and b"\xef\xbf" not in raw
+    ):
+        return text
+    return _INVALID_CHARS.sub("", text)
 
 
 def _named_references(text: str) -> str:

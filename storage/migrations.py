@@ -296,9 +296,12 @@ ALTER TABLE subscriptions ADD COLUMN mention_role_id INTEGER;
 ALTER TABLE subscriptions ADD COLUMN interval_custom INTEGER NOT NULL DEFAULT 0;
 """
 
-# Version 6 is reserved for a change being made on another branch; empty here, filled
-# in when it merges.
-V6 = ""
+# Version 6: what the last recorded body of each URL held, so the next changed body
+# hands feedparser only its new and changed entries (``bot/selective.py``): the feed's
+# dialect and a 16-byte digest per recorded entry. NULL: nothing known, read it all.
+V6 = """
+ALTER TABLE http_cache ADD COLUMN entry_digests BLOB;
+"""
 
 # Version 7: WebSub push (SPEC §6, ``bot/websub.py``). One row per pushable feed of a
 # subscription (its posts feed, and its blog-wide comments feed when comments are
@@ -499,7 +502,9 @@ ALTER TABLE subscriptions ADD COLUMN mention_role_id BIGINT;
 ALTER TABLE subscriptions ADD COLUMN interval_custom INTEGER NOT NULL DEFAULT 0;
 """
 
-PG_V6 = ""
+PG_V6 = """
+ALTER TABLE http_cache ADD COLUMN entry_digests BYTEA;
+"""
 
 PG_V7 = """
 CREATE TABLE push_topics (

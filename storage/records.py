@@ -146,6 +146,8 @@ class HttpValidators:
     etag: str | None
     last_modified: str | None
     body_hash: str | None
+    # What the body held (``bot/selective.py``), opaque to storage; None: nothing known.
+    entry_digests: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

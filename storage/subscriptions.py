@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -391,12 +392,23 @@ class SubscriptionRepo:
         """The stored validators; read before every fetch, so in one round trip
         (SQLite's ``execute_fetchall``, where execute + fetchone + close would be three)."""
         rows = await self.db.fetch(
-            "SELECT etag, last_modified, body_hash FROM http_cache "
+            "SELECT etag, last_modified, body_hash, entry_digests FROM http_cache "
             "WHERE subscription_id = ? AND url = ?",
             (subscription_id, url),
         )
         row = next(iter(rows), None)
-        return HttpValidators(row[0], row[1], row[2]) if row else None
+        return HttpValidators(row[0], row[1], row[2], row[3]) if row else None
+
+    async def validators_for(
+        self, subscription_id: int, urls: Sequence[str]
+    ) -> dict[str, HttpValidators]:
+        """The stored validators of several URLs of one subscription, in one round trip."""
+        rows = await self.db.fetch(
+            "SELECT url, etag, last_modified, body_hash, entry_digests FROM http_cache "
+            "WHERE subscription_id = ? AND url IN (SELECT value FROM json_each(?))",
+            (subscription_id, json.dumps(list(urls))),
+        )
+        return {row[0]: HttpValidators(row[1], row[2], row[3], row[4]) for row in rows}
 
     async def store_validators(
         self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
@@ -404,11 +416,12 @@ class SubscriptionRepo:
         await self.db.write_one(
             """
             INSERT INTO http_cache (subscription_id, url, etag, last_modified, body_hash,
-                                    fetched_at)
-            VALUES (?, ?, ?, ?, ?, ?)
+                                    entry_digests, fetched_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (subscription_id, url) DO UPDATE SET
                 etag = excluded.etag, last_modified = excluded.last_modified,
-                body_hash = excluded.body_hash, fetched_at = excluded.fetched_at
+                body_hash = excluded.body_hash, entry_digests = excluded.entry_digests,
+                fetched_at = excluded.fetched_at
             """,
             (
                 subscription_id,
@@ -416,6 +429,7 @@ class SubscriptionRepo:
                 validators.etag,
                 validators.last_modified,
                 validators.body_hash,
+                validators.entry_digests,
                 to_db_time(now),
             ),
         )

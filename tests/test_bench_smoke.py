@@ -65,6 +65,39 @@ def test_poll_idle_reports_cpu_ratio(entry: list[str]) -> None:
     assert isinstance(report["ok"], bool)
 
 
+@pytest.mark.parametrize("entry", [["-m", "bench.changed"], ["bench/changed.py"]])
+def test_changed_reports_cpu_ratio(entry: list[str]) -> None:
+    """changed at 3 rounds prints the poll's CPU, its parsing share and the feedparser baseline."""
+    report = run_benchmark(*entry, "--rounds", "3")
+    assert set(report) == {
+        "benchmark",
+        "comments_per_page",
+        "new_per_poll",
+        "rounds",
+        "bot_cpu_ms_per_poll",
+        "bot_process_cpu_ms",
+        "workers_cpu_ms",
+        "baseline_feedparser_cpu_ms",
+        "ratio",
+        "budget_ratio",
+        "ok",
+    }
+    assert report["benchmark"] == "changed"
+    assert (report["comments_per_page"], report["new_per_poll"], report["rounds"]) == (25, 1, 3)
+    assert_numbers(
+        report,
+        "bot_cpu_ms_per_poll",
+        "bot_process_cpu_ms",
+        "workers_cpu_ms",
+        "baseline_feedparser_cpu_ms",
+        "ratio",
+    )
+    # The worker processes did the parsing: their share is counted, and is not nothing.
+    assert report["workers_cpu_ms"] > 0
+    assert report["budget_ratio"] == 0.35
+    assert isinstance(report["ok"], bool)
+
+
 @pytest.mark.parametrize("entry", [["-m", "bench.loop_lag"], ["bench/loop_lag.py"]])
 def test_loop_lag_reports_lag(entry: list[str]) -> None:
     """loop_lag on a 50-entry feed prints lag figures for the parse and the baseline."""

@@ -332,3 +332,32 @@ async def test_changed_article_in_an_archived_post_is_edited(harness: Harness) -
     assert "Mastodon" in harness.double.message(int(messages[0]["id"]))["content"]
     [sub] = await harness.bot.subscriptions.list_for_guild(harness.guild_id)
     assert sub.consecutive_failures == 0
+
+
+VICTIM = "6612093358810427745"  # "I think we need to think ..."
+
+
+async def test_edits_between_polls_are_mirrored_though_unchanged_comments_are_not_reread(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An edited and a removed comment are edited in Discord; the five others are not re-read."""
+    caplog.set_level("DEBUG", logger="bot.polling")
+    await harness.subscribe(serve_seed(harness), harness.forum_id)
+    await harness.wait_for_thread_messages(harness.forum_id, 8)
+    _thread_id, before = seed_thread(harness)
+    seed = removed_on_blog(
+        ["tag:blogger.com,1999:blog-4790201928346512375.post-6612093358810427745"]
+    )
+    old_text = b"Carrot and stick style of writing. There is nothing like good management"
+    assert seed.count(old_text) == 1
+    edited = seed.replace(old_text, b"Carrot and stick, as edited on the blog an hour later")
+    harness.feeds.route("/feeds/comments/default", edited, etag='"c2"')
+    record = await poll(harness)
+    assert "updated 2 message(s)" in "\n".join(record.contents)
+    assert "5 entries not read again" in caplog.text
+    removed = harness.double.message(int(before[4]["id"]))
+    assert "removed on the blog" in removed["content"]
+    assert "Probation Service Officer colleagues" not in removed["content"]
+    changed = harness.double.message(int(before[6]["id"]))
+    assert "as edited on the blog an hour later" in changed["content"]
+    assert "There is nothing like good management" not in changed["content"]

@@ -13,10 +13,10 @@ from typing import Literal
 import feedparser
 import pytest
 
-from bot import rawxml
 from bot.errors import FeedParseError, NotAFeedError
 from bot.models import Article, Comment, Dialect, ParsedFeed
 from bot.parse import parse_feed
+from bot.rawentries import read_raw_entries
 from bot.rawxml import looks_like_feed
 from bot.xmlrepair import DECLARATION, repair_document
 
@@ -559,7 +559,7 @@ def test_raw_reader_refuses_entities_on_its_own() -> None:
     """defusedxml backs up the DTD check: the raw reader refuses entity declarations too."""
     body = b'<!DOCTYPE feed [<!ENTITY a "b">]><feed xmlns="http://www.w3.org/2005/Atom"/>'
     with pytest.raises(FeedParseError):
-        rawxml.read_raw_entries(body)
+        read_raw_entries(body)
 
 
 def test_plain_doctype_without_entities_is_accepted() -> None:

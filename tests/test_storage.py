@@ -188,6 +188,21 @@ async def test_validators_round_trip(db: Database) -> None:
     assert await repo.validators(sub.id, "u") == HttpValidators('"e2"', None, "def")
 
 
+async def test_validators_of_several_urls_in_one_query(db: Database) -> None:
+    """A poll reads both feeds' validators, entry digests included, in one query."""
+    repo = SubscriptionRepo(db)
+    sub = await add_subscription(repo)
+    other = await add_subscription(repo, channel=99)
+    digests = bytes(range(256)) * 2  # any bytes survive the round trip
+    await repo.store_validators(sub.id, "p", HttpValidators('"p"', None, "h", digests), now=NOW)
+    await repo.store_validators(sub.id, "c", HttpValidators(None, "Mon", "i"), now=NOW)
+    await repo.store_validators(other.id, "x", HttpValidators('"x"', None, "j"), now=NOW)
+    assert await repo.validators_for(sub.id, ["p", "c", "x", "missing"]) == {
+        "p": HttpValidators('"p"', None, "h", digests),
+        "c": HttpValidators(None, "Mon", "i"),
+    }
+
+
 async def test_known_ids_in_one_query_and_duplicates_ignored(db: Database) -> None:
     """Known-id lookup returns only stored ids; inserting a known id is not an error."""
     sub = await add_subscription(SubscriptionRepo(db))
