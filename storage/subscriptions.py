@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from storage.batching import WriteBatcher
 from storage.db import Database, UniqueViolation
 from storage.records import (
     HttpValidators,
@@ -15,8 +16,6 @@ from storage.records import (
     SubscriptionState,
     to_db_time,
 )
-
-SUCCESS_BATCH_SECONDS = 0.005
 
 
 class DuplicateSubscriptionError(Exception):
@@ -28,8 +27,9 @@ class SubscriptionRepo:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._successes: dict[int, tuple[str, str, str, int]] = {}
-        self._success_flush: asyncio.Future[None] | None = None
+        self._successes: WriteBatcher[int, tuple[str, str, str, int]] = WriteBatcher(
+            self._write_successes
+        )
 
     async def add(
         self,
@@ -147,21 +147,12 @@ class SubscriptionRepo:
         successes of polls finishing together are written in one batch: one
         round trip to the database thread instead of one each.
         """
-        self._successes[subscription_id] = (
-            to_db_time(now),
-            to_db_time(now),
-            to_db_time(next_poll_at),
+        await self._successes.add(
             subscription_id,
+            (to_db_time(now), to_db_time(now), to_db_time(next_poll_at), subscription_id),
         )
-        if self._success_flush is None:
-            self._success_flush = asyncio.ensure_future(self._flush_successes())
-        await asyncio.shield(self._success_flush)
 
-    async def _flush_successes(self) -> None:
-        await asyncio.sleep(SUCCESS_BATCH_SECONDS)  # let polls finishing together join
-        batch = list(self._successes.values())
-        self._successes.clear()
-        self._success_flush = None
+    async def _write_successes(self, batch: Sequence[tuple[str, str, str, int]]) -> None:
         await self.db.write_batch(
             """
             UPDATE subscriptions
