@@ -110,6 +110,8 @@ class Ingestor:
         self.per_article_feeds = per_article_feeds
         # Validators of parsed bodies wait here until their content is recorded.
         self._pending_validators: dict[tuple[int, str], HttpValidators] = {}
+        # Validators read at the start of a subscription's poll, until its fetches use them.
+        self._prefetched: dict[int, dict[str, HttpValidators | None]] = {}
 
     def forget(self, subscription_id: int) -> None:
         """Drop what is held in memory for a subscription that was removed."""
@@ -119,19 +121,28 @@ class Ingestor:
     async def poll(self, sub: Subscription) -> PollSummary:
         """Fetch the posts feed and the comments, store what is new; raise ``FeedError``."""
         summary = PollSummary()
-        posts = await self._fetch(sub, sub.feed_url, "posts", summary, conditional=True)
-        if posts.parsed is None:
-            summary.posts_not_modified = True
-        else:
-            await self._record_articles(sub, posts.parsed.articles, summary)
-            summary.blog_title = posts.parsed.title or None
-            summary.warnings += posts.parsed.warnings
-        if sub.mirror_comments:
-            await self._poll_comments(sub, posts.parsed, summary)
-        # Validators are stored only once everything from this body is recorded,
-        # so a failure part-way re-reads the same body next time.
-        if posts.parsed is not None:
-            await self._store_validators(sub, posts)
+        # The validators of the feeds every poll asks for, in one query (not one per feed).
+        urls = [sub.feed_url]
+        if sub.mirror_comments and sub.comments_feed_url:
+            urls.append(sub.comments_feed_url)
+        found = await self.subscriptions.validators_of(sub.id, urls)
+        self._prefetched[sub.id] = {url: found.get(url) for url in urls}
+        try:
+            posts = await self._fetch(sub, sub.feed_url, "posts", summary, conditional=True)
+            if posts.parsed is None:
+                summary.posts_not_modified = True
+            else:
+                await self._record_articles(sub, posts.parsed.articles, summary)
+                summary.blog_title = posts.parsed.title or None
+                summary.warnings += posts.parsed.warnings
+            if sub.mirror_comments:
+                await self._poll_comments(sub, posts.parsed, summary)
+            # Validators are stored only once everything from this body is recorded,
+            # so a failure part-way re-reads the same body next time.
+            if posts.parsed is not None:
+                await self._store_validators(sub, posts)
+        finally:
+            self._prefetched.pop(sub.id, None)
         return summary
 
     # --- one article, for /blog resync -------------------------------------------------
@@ -193,7 +204,7 @@ class Ingestor:
         conditional: bool,
         article_id: str | None = None,
     ) -> Fetched:
-        cached = await self.subscriptions.validators(sub.id, url) if conditional else None
+        cached = await self._validators(sub, url) if conditional else None
         summary.requests += 1
         result = await self.fetcher.fetch(
             url,
@@ -219,6 +230,13 @@ class Ingestor:
             result.etag, result.last_modified, body_hash
         )
         return Fetched(url, parsed)
+
+    async def _validators(self, sub: Subscription, url: str) -> HttpValidators | None:
+        """The stored validators of ``url``: read at the poll's start, or now (other feeds)."""
+        prefetched = self._prefetched.get(sub.id, {})
+        if url in prefetched:
+            return prefetched.pop(url)  # once: a second fetch of it in one poll reads afresh
+        return await self.subscriptions.validators(sub.id, url)
 
     async def _store_validators(self, sub: Subscription, fetched: Fetched) -> None:
         validators = self._pending_validators.pop((sub.id, fetched.url), None)

@@ -306,6 +306,19 @@ class SubscriptionRepo:
         row = next(iter(rows), None)
         return HttpValidators(row[0], row[1], row[2]) if row else None
 
+    async def validators_of(
+        self, subscription_id: int, urls: Sequence[str]
+    ) -> dict[str, HttpValidators]:
+        """The stored validators of these URLs (those that have some), in one query."""
+        rows = await self.db.fetch(
+            """
+            SELECT url, etag, last_modified, body_hash FROM http_cache
+            WHERE subscription_id = ? AND url IN (SELECT value FROM json_each(?))
+            """,
+            (subscription_id, json.dumps(list(urls))),
+        )
+        return {row[0]: HttpValidators(row[1], row[2], row[3]) for row in rows}
+
     async def store_validators(
         self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
     ) -> None:
