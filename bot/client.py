@@ -241,17 +241,20 @@ class BlogMirrorBot(commands.AutoShardedBot):
 
     async def _cycle(self, sub: Subscription, progress: Progress | None, poll: bool) -> CycleResult:
         async with self.subscription_lock(sub.id):
-            fresh = await self.subscriptions.get(sub.id)
-            if fresh is None:
+            # An idle cycle is two queries: this one, and the state and work after the poll.
+            found = await self.subscriptions.get_for_poll(sub.id)
+            if found is None:
                 return CycleResult(None, None, "The subscription was removed.")
-            outcome = await self.poller.poll(fresh) if poll else None
+            fresh, validators = found
+            outcome = await self.poller.poll(fresh, validators) if poll else None
             delivery: DeliverySummary | None = None
             error = outcome.error if outcome else None
-            current = await self.subscriptions.get(sub.id)
+            after = await self.subscriptions.get_with_work(sub.id)
+            current, work = after if after is not None else (None, None)
             if current is not None and current.state == SubscriptionState.ACTIVE:
                 delivery_error: str | None = None
                 try:
-                    delivery = await self.mirror.deliver(current, progress=progress)
+                    delivery = await self.mirror.deliver(current, progress=progress, work=work)
                 except DeliveryError as exc:
                     delivery_error = str(exc)
                 except Exception:

@@ -59,6 +59,7 @@ from storage.records import (
     CommentRecord,
     CommentState,
     IntentKind,
+    PendingWork,
     Subscription,
 )
 
@@ -122,17 +123,23 @@ class Mirror:
     # --- the whole subscription -----------------------------------------------------
 
     async def deliver(
-        self, sub: Subscription, *, progress: Progress | None = None
+        self,
+        sub: Subscription,
+        *,
+        progress: Progress | None = None,
+        work: PendingWork | None = None,
     ) -> DeliverySummary:
         """Create threads for pending articles, post pending comments, apply edits.
 
         A problem of the channel (deleted, a permission removed, Discord down) is
         raised as ``DeliveryError`` once everything else was tried; an item
-        Discord refused is set aside and counted in the summary.
+        Discord refused is set aside and counted in the summary. ``work``: what
+        there is to do, if the caller read it already (``get_with_work``).
         """
         summary = DeliverySummary()
         channel = await self._channel(sub)  # a channel gone is an error even with nothing to send
-        work = await self.articles.pending_work(sub.id)
+        if work is None:
+            work = await self.subscriptions.pending_work(sub.id)
         if not work:
             return summary  # most polls: one query, not one per kind of work
         failures: list[DeliveryError] = []

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
@@ -118,14 +118,23 @@ class Ingestor:
         for key in [k for k in self._pending_validators if k[0] == subscription_id]:
             del self._pending_validators[key]
 
-    async def poll(self, sub: Subscription) -> PollSummary:
-        """Fetch the posts feed and the comments, store what is new; raise ``FeedError``."""
+    async def poll(
+        self, sub: Subscription, validators: Mapping[str, HttpValidators] | None = None
+    ) -> PollSummary:
+        """Fetch the posts feed and the comments, store what is new; raise ``FeedError``.
+
+        ``validators``: those stored for the subscription's feeds, if the caller
+        read them with it (``get_for_poll``); else they are read here, in one query.
+        """
         summary = PollSummary()
-        # The validators of the feeds every poll asks for, in one query (not one per feed).
         urls = [sub.feed_url]
         if sub.mirror_comments and sub.comments_feed_url:
             urls.append(sub.comments_feed_url)
-        found = await self.subscriptions.validators_of(sub.id, urls)
+        found = (
+            validators
+            if validators is not None
+            else await self.subscriptions.validators_of(sub.id, urls)
+        )
         self._prefetched[sub.id] = {url: found.get(url) for url in urls}
         try:
             posts = await self._fetch(sub, sub.feed_url, "posts", summary, conditional=True)

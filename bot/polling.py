@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -20,7 +20,7 @@ from enum import StrEnum
 from bot.errors import FeedError
 from bot.ingest import Ingestor, PollSummary
 from storage import SubscriptionRepo
-from storage.records import Subscription, SubscriptionState
+from storage.records import HttpValidators, Subscription, SubscriptionState
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,14 @@ class Poller:
         self.clock = clock
         self.rng = rng or random.Random()
 
-    async def poll(self, sub: Subscription) -> PollOutcome:
-        """Poll once; never raises for feed problems (they become the outcome)."""
+    async def poll(
+        self, sub: Subscription, validators: Mapping[str, HttpValidators] | None = None
+    ) -> PollOutcome:
+        """Poll once; never raises for feed problems (they become the outcome).
+
+        ``validators``: the stored ones of its feeds, if read with ``sub``."""
         try:
-            summary = await self.ingestor.poll(sub)
+            summary = await self.ingestor.poll(sub, validators)
         except FeedError as exc:
             return await self.record_failure(sub, str(exc), exc.status, exc.retry_after)
         except Exception:

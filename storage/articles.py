@@ -35,43 +35,9 @@ class KnownEntry:
     removed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class PendingWork:
-    """Which kinds of delivery work a subscription has: most polls find none at all."""
-
-    threads: bool
-    """Articles waiting for their thread."""
-    comments: bool
-    """Comments to post, or comment messages to edit."""
-    article_edits: bool
-    """Article messages to edit."""
-
-    def __bool__(self) -> bool:
-        return self.threads or self.comments or self.article_edits
-
-
 class ArticleRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def pending_work(self, subscription_id: int) -> PendingWork:
-        """What delivery has to do, in one query (an idle poll then asks nothing more)."""
-        row = await self.db.fetchone(
-            """
-            WITH sub (id) AS (SELECT CAST(? AS BIGINT))
-            SELECT
-                EXISTS (SELECT 1 FROM articles
-                        WHERE subscription_id = (SELECT id FROM sub) AND state = 'pending'),
-                EXISTS (SELECT 1 FROM comments
-                        WHERE subscription_id = (SELECT id FROM sub)
-                          AND (state = 'pending' OR needs_edit = 1)),
-                EXISTS (SELECT 1 FROM articles
-                        WHERE subscription_id = (SELECT id FROM sub) AND needs_edit = 1)
-            """,
-            (subscription_id,),
-        )
-        assert row is not None
-        return PendingWork(bool(row[0]), bool(row[1]), bool(row[2]))
 
     async def known(self, subscription_id: int, entry_ids: Iterable[str]) -> dict[str, KnownEntry]:
         rows = await self.db.fetch(

@@ -311,3 +311,18 @@ class SubscriptionCounts:
     pending_comments: int
     set_aside: int = 0
     latest_refusal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWork:
+    """Which kinds of delivery work a subscription has: most polls find none at all."""
+
+    threads: bool
+    """Articles waiting for their thread."""
+    comments: bool
+    """Comments to post, or comment messages to edit."""
+    article_edits: bool
+    """Article messages to edit."""
+
+    def __bool__(self) -> bool:
+        return self.threads or self.comments or self.article_edits

@@ -6,11 +6,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from storage.batching import WriteBatcher
 from storage.db import Database, UniqueViolation
 from storage.records import (
     HttpValidators,
+    PendingWork,
     Subscription,
     SubscriptionCounts,
     SubscriptionState,
@@ -83,6 +85,47 @@ class SubscriptionRepo:
     async def get(self, subscription_id: int) -> Subscription | None:
         row = await self.db.fetchone("SELECT * FROM subscriptions WHERE id = ?", (subscription_id,))
         return Subscription.from_row(row) if row else None
+
+    async def get_for_poll(
+        self, subscription_id: int
+    ) -> tuple[Subscription, dict[str, HttpValidators]] | None:
+        """The subscription and the stored validators of its feeds: what a poll starts
+        from, in one query (an idle poll makes two in all, this and ``get_with_work``)."""
+        rows = await self.db.fetch(
+            """
+            SELECT s.*, h.url AS cached_url, h.etag, h.last_modified, h.body_hash
+            FROM subscriptions AS s
+            LEFT JOIN http_cache AS h
+              ON h.subscription_id = s.id AND (h.url = s.feed_url OR h.url = s.comments_feed_url)
+            WHERE s.id = ?
+            """,
+            (subscription_id,),
+        )
+        if not rows:
+            return None
+        validators = {
+            row["cached_url"]: HttpValidators(row["etag"], row["last_modified"], row["body_hash"])
+            for row in rows
+            if row["cached_url"] is not None
+        }
+        return Subscription.from_row(rows[0]), validators
+
+    async def get_with_work(self, subscription_id: int) -> tuple[Subscription, PendingWork] | None:
+        """The subscription and which kinds of delivery work it has, in one query."""
+        row = await self.db.fetchone(
+            f"SELECT s.*, {_PENDING_WORK} FROM subscriptions AS s WHERE s.id = ?",
+            (subscription_id,),
+        )
+        if row is None:
+            return None
+        return Subscription.from_row(row), _pending_work(row)
+
+    async def pending_work(self, subscription_id: int) -> PendingWork:
+        """Which kinds of delivery work the subscription has (none for one that is gone)."""
+        found = await self.get_with_work(subscription_id)
+        return (
+            found[1] if found else PendingWork(threads=False, comments=False, article_edits=False)
+        )
 
     async def list_for_guild(self, guild_id: int) -> list[Subscription]:
         rows = await self.db.fetch(
@@ -358,6 +401,26 @@ class SubscriptionRepo:
                 """,
                 (guild_id, channel_id),
             )
+
+
+# What delivery has to do for subscription ``s``; most polls find none of it.
+_PENDING_WORK = """
+    EXISTS (SELECT 1 FROM articles
+            WHERE subscription_id = s.id AND state = 'pending') AS pending_threads,
+    EXISTS (SELECT 1 FROM comments
+            WHERE subscription_id = s.id AND (state = 'pending' OR needs_edit = 1))
+        AS pending_comments,
+    EXISTS (SELECT 1 FROM articles
+            WHERE subscription_id = s.id AND needs_edit = 1) AS pending_article_edits
+"""
+
+
+def _pending_work(row: Any) -> PendingWork:
+    return PendingWork(
+        threads=bool(row["pending_threads"]),
+        comments=bool(row["pending_comments"]),
+        article_edits=bool(row["pending_article_edits"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
