@@ -28,7 +28,7 @@ from bot.settings import Settings
 from bot.untrusted import Untrusted
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.leases import leases_for
-from storage.records import Subscription, SubscriptionState
+from storage.records import PendingWork, Subscription, SubscriptionState
 from storage.subscriptions import Shards
 
 log = logging.getLogger(__name__)
@@ -241,16 +241,22 @@ class BlogMirrorBot(commands.AutoShardedBot):
 
     async def _cycle(self, sub: Subscription, progress: Progress | None, poll: bool) -> CycleResult:
         async with self.subscription_lock(sub.id):
-            # An idle cycle is two queries: this one, and the state and work after the poll.
-            found = await self.subscriptions.get_for_poll(sub.id)
-            if found is None:
+            start = await self.subscriptions.get_for_poll(sub.id)
+            if start is None:
                 return CycleResult(None, None, "The subscription was removed.")
-            fresh, validators = found
-            outcome = await self.poller.poll(fresh, validators) if poll else None
+            fresh = start.subscription
+            outcome = await self.poller.poll(fresh, start.validators) if poll else None
             delivery: DeliverySummary | None = None
             error = outcome.error if outcome else None
-            after = await self.subscriptions.get_with_work(sub.id)
-            current, work = after if after is not None else (None, None)
+            current: Subscription | None
+            work: PendingWork | None
+            if outcome is not None and _found_nothing(outcome) and not start.work:
+                # Most polls: nothing new, nothing left over, so no second query.
+                # Delivery still runs, to notice a channel that is gone.
+                current, work = fresh, start.work
+            else:
+                after = await self.subscriptions.get_with_work(sub.id)
+                current, work = after if after is not None else (None, None)
             if current is not None and current.state == SubscriptionState.ACTIVE:
                 delivery_error: str | None = None
                 try:
@@ -295,6 +301,17 @@ class BlogMirrorBot(commands.AutoShardedBot):
             )
         except discord.HTTPException as exc:
             log.warning("Could not post to log channel %s: %s", channel_id, exc)
+
+
+def _found_nothing(outcome: PollOutcome) -> bool:
+    """A successful poll that stored nothing for delivery (304s, or nothing new)."""
+    summary = outcome.summary
+    return summary is not None and not (
+        summary.new_articles
+        or summary.changed_articles
+        or summary.new_comments
+        or summary.changed_comments
+    )
 
 
 @dataclass(frozen=True, slots=True)

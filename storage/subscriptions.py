@@ -86,14 +86,17 @@ class SubscriptionRepo:
         row = await self.db.fetchone("SELECT * FROM subscriptions WHERE id = ?", (subscription_id,))
         return Subscription.from_row(row) if row else None
 
-    async def get_for_poll(
-        self, subscription_id: int
-    ) -> tuple[Subscription, dict[str, HttpValidators]] | None:
-        """The subscription and the stored validators of its feeds: what a poll starts
-        from, in one query (an idle poll makes two in all, this and ``get_with_work``)."""
+    async def get_for_poll(self, subscription_id: int) -> PollStart | None:
+        """What a cycle starts from, in one query: the subscription, the stored
+        validators of its feeds and which kinds of delivery work it has.
+
+        An idle cycle (304s, nothing pending) makes no other query: its success
+        is written in a batch with others (``record_success``).
+        """
         rows = await self.db.fetch(
-            """
-            SELECT s.*, h.url AS cached_url, h.etag, h.last_modified, h.body_hash
+            f"""
+            SELECT s.*, {_PENDING_WORK},
+                   h.url AS cached_url, h.etag, h.last_modified, h.body_hash
             FROM subscriptions AS s
             LEFT JOIN http_cache AS h
               ON h.subscription_id = s.id AND (h.url = s.feed_url OR h.url = s.comments_feed_url)
@@ -108,7 +111,7 @@ class SubscriptionRepo:
             for row in rows
             if row["cached_url"] is not None
         }
-        return Subscription.from_row(rows[0]), validators
+        return PollStart(Subscription.from_row(rows[0]), validators, _pending_work(rows[0]))
 
     async def get_with_work(self, subscription_id: int) -> tuple[Subscription, PendingWork] | None:
         """The subscription and which kinds of delivery work it has, in one query."""
@@ -421,6 +424,17 @@ def _pending_work(row: Any) -> PendingWork:
         comments=bool(row["pending_comments"]),
         article_edits=bool(row["pending_article_edits"]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PollStart:
+    """A subscription as a cycle reads it before polling (``get_for_poll``)."""
+
+    subscription: Subscription
+    validators: dict[str, HttpValidators]
+    """Stored validators of its posts and comments feeds, by URL (those it has)."""
+    work: PendingWork
+    """Delivery work left from before the poll."""
 
 
 @dataclass(frozen=True, slots=True)
