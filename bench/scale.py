@@ -49,7 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -407,6 +407,7 @@ async def measure_case(
     bare: BareClient,
     workdir: Path,
     profile: Path | None,
+    drain: Callable[[], object],
 ) -> dict[str, Any]:
     from tests.conftest import TEST_TOKEN
     from tests.discord_double import DiscordDouble
@@ -441,6 +442,7 @@ async def measure_case(
                 elapsed = time.monotonic() - started
                 after = [cpu_seconds(pid) for pid in pids]
                 backends = await _backend_pids(case)
+                await asyncio.to_thread(drain)  # the server's request log, counted and emptied
                 if number:
                     round_seconds.append(elapsed)
                     db_cpu += sum(
@@ -511,14 +513,19 @@ async def measure(
     database_url: str,
     server_cpus: set[int] | None,
     profile: Path | None = None,
+    logs: Path | None = None,
 ) -> dict[str, Any]:
     routes = functools.partial(feed_routes, count)
     results = []
     with ServerProcess(routes, cpus=server_cpus) as server, tempfile.TemporaryDirectory() as tmp:
         expected = 0
+
+        def drain() -> object:
+            return server.update([])
+
         for name in cases:
-            workdir = Path(tmp) / name
-            workdir.mkdir()
+            workdir = (logs or Path(tmp)) / name
+            workdir.mkdir(parents=True, exist_ok=True)
             # The baseline polls as many blogs as the busiest bot process does.
             per_process = count if name == "sqlite" else -(-count // SHARDS)
             bare = BareClient(server.port, per_process)
@@ -526,14 +533,16 @@ async def measure(
                 if name == "sqlite":
                     case = Case("sqlite", ["0,1"], path=workdir / "scale.sqlite3")
                     results.append(
-                        await measure_case(case, server.port, count, rounds, bare, workdir, profile)
+                        await measure_case(
+                            case, server.port, count, rounds, bare, workdir, profile, drain
+                        )
                     )
                 else:
                     async with _postgres_schema(database_url) as (schema, url):
                         case = Case("postgres", ["0", "1"], url=url, schema=schema)
                         results.append(
                             await measure_case(
-                                case, server.port, count, rounds, bare, workdir, profile
+                                case, server.port, count, rounds, bare, workdir, profile, drain
                             )
                         )
             finally:
@@ -572,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="run each bot under cProfile, writing CASE-botN.prof here (inflates the CPU figures)",
     )
+    parser.add_argument(
+        "--logs", type=Path, metavar="DIR", help="keep the bots' logs (and SQLite file) here"
+    )
     args = parser.parse_args(argv)
     if args.subscriptions < SHARDS * GUILDS_PER_SHARD or args.rounds < 1:
         parser.error(f"need at least {SHARDS * GUILDS_PER_SHARD} subscriptions and one round")
@@ -585,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.database_url,
             server_cpus,
             args.profile and args.profile.resolve(),
+            args.logs and args.logs.resolve(),
         )
     )
 

@@ -41,6 +41,7 @@ class PollingCog(commands.Cog):
         self.batch = bot.settings.poll_concurrency * 4
         self._room = asyncio.Event()
         """Set when at most half a batch is running: time to start the next one."""
+        self._ended_during_query: set[int] | None = None
 
     async def cog_load(self) -> None:
         self.scheduler.start()
@@ -72,8 +73,15 @@ class PollingCog(commands.Cog):
     async def _start_due(self) -> bool:
         """Start the due subscriptions not running yet; whether more may be due and ours."""
         now = datetime.now(UTC)
-        due = await self.bot.subscriptions.list_due(now, self.batch, self.bot.local_shards())
-        fresh = [sub for sub in due if sub.id not in self.running]
+        # A poll ending while the query runs may be read as still due (its success
+        # committed after the query's snapshot): it must not start again at once.
+        ended: set[int] = set()
+        self._ended_during_query = ended
+        try:
+            due = await self.bot.subscriptions.list_due(now, self.batch, self.bot.local_shards())
+        finally:
+            self._ended_during_query = None
+        fresh = [sub for sub in due if sub.id not in self.running and sub.id not in ended]
         # One round trip claims the whole batch; another process's are left alone.
         ours = await self.bot.leases.claim([sub.id for sub in fresh], now)
         for sub in fresh:
@@ -121,6 +129,8 @@ class PollingCog(commands.Cog):
 
     def _finished(self, subscription_id: int, task: asyncio.Task[None]) -> None:
         self.running.pop(subscription_id, None)
+        if self._ended_during_query is not None:
+            self._ended_during_query.add(subscription_id)
         if len(self.running) <= self.batch // 2:
             self._room.set()
         if not task.cancelled() and task.exception() is not None:
