@@ -29,7 +29,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 NOT_BENCHMARKS = frozenset({"__init__", "common", "run_all"})
 # The usual order: cheapest first, so a broken set-up shows up early.
-PREFERRED = ("loop_lag", "poll_idle", "changed", "memory", "backfill")
+PREFERRED = ("loop_lag", "poll_idle", "changed", "memory", "backfill", "scale", "push_latency")
 
 OK, OVER, BROKEN = 0, 1, 2
 
@@ -171,6 +171,24 @@ def _backfill(r: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def _scale(r: Mapping[str, Any]) -> list[Row]:
+    rows = []
+    for case in r["cases"]:
+        for p in case["processes"]:
+            rows.append(
+                Row(
+                    f"scale: {case['name']}, shards {p['shard_ids']} ({p['subscriptions']} subs)",
+                    f"{p['ratio']}x ({p['cpu_ms_per_poll']} ms CPU/poll, "
+                    f"{p['polls_per_second_per_core']} polls/s/core); "
+                    f"peak RSS {p['total_peak_rss_mb']} MB with workers",
+                    f"<= {r['budget_ratio']}x; <= {r['budget_mb']} MB",
+                    f"{case['baseline_cpu_ms_per_poll']} ms CPU/poll, bare aiohttp",
+                    _yes(p["ok"]),
+                )
+            )
+    return rows
+
+
 def _generic(r: Mapping[str, Any]) -> list[Row]:
     """A benchmark this script does not know yet: budget_* and baseline_* keys by name."""
 
@@ -196,6 +214,7 @@ DESCRIBE: dict[str, Callable[[Mapping[str, Any]], list[Row]]] = {
     "loop_lag": _loop_lag,
     "memory": _memory,
     "backfill": _backfill,
+    "scale": _scale,
 }
 
 

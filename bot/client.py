@@ -31,7 +31,7 @@ from bot.websub import WebSub
 from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.leases import leases_for
 from storage.push import PushRepo
-from storage.records import Subscription, SubscriptionState
+from storage.records import PendingWork, Subscription, SubscriptionState
 from storage.subscriptions import Shards
 
 log = logging.getLogger(__name__)
@@ -283,17 +283,26 @@ class BlogMirrorBot(commands.AutoShardedBot):
 
     async def _cycle(self, sub: Subscription, progress: Progress | None, poll: bool) -> CycleResult:
         async with self.subscription_lock(sub.id):
-            fresh = await self.subscriptions.get(sub.id)
-            if fresh is None:
+            start = await self.subscriptions.get_for_poll(sub.id)
+            if start is None:
                 return CycleResult(None, None, "The subscription was removed.")
-            outcome = await self.poller.poll(fresh) if poll else None
+            fresh = start.subscription
+            outcome = await self.poller.poll(fresh, start.validators) if poll else None
             delivery: DeliverySummary | None = None
             error = outcome.error if outcome else None
-            current = await self.subscriptions.get(sub.id)
+            current: Subscription | None
+            work: PendingWork | None
+            if outcome is not None and _found_nothing(outcome) and not start.work:
+                # Most polls: nothing new, nothing left over, so no second query.
+                # Delivery still runs, to notice a channel that is gone.
+                current, work = fresh, start.work
+            else:
+                after = await self.subscriptions.get_with_work(sub.id)
+                current, work = after if after is not None else (None, None)
             if current is not None and current.state == SubscriptionState.ACTIVE:
                 delivery_error: str | None = None
                 try:
-                    delivery = await self.mirror.deliver(current, progress=progress)
+                    delivery = await self.mirror.deliver(current, progress=progress, work=work)
                 except DeliveryError as exc:
                     delivery_error = str(exc)
                 except Exception:
@@ -334,6 +343,17 @@ class BlogMirrorBot(commands.AutoShardedBot):
             )
         except discord.HTTPException as exc:
             log.warning("Could not post to log channel %s: %s", channel_id, exc)
+
+
+def _found_nothing(outcome: PollOutcome) -> bool:
+    """A successful poll that stored nothing for delivery (304s, or nothing new)."""
+    summary = outcome.summary
+    return summary is not None and not (
+        summary.new_articles
+        or summary.changed_articles
+        or summary.new_comments
+        or summary.changed_comments
+    )
 
 
 @dataclass(frozen=True, slots=True)

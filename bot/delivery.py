@@ -59,6 +59,7 @@ from storage.records import (
     CommentRecord,
     CommentState,
     IntentKind,
+    PendingWork,
     Subscription,
 )
 
@@ -122,25 +123,39 @@ class Mirror:
     # --- the whole subscription -----------------------------------------------------
 
     async def deliver(
-        self, sub: Subscription, *, progress: Progress | None = None
+        self,
+        sub: Subscription,
+        *,
+        progress: Progress | None = None,
+        work: PendingWork | None = None,
     ) -> DeliverySummary:
         """Create threads for pending articles, post pending comments, apply edits.
 
         A problem of the channel (deleted, a permission removed, Discord down) is
         raised as ``DeliveryError`` once everything else was tried; an item
-        Discord refused is set aside and counted in the summary.
+        Discord refused is set aside and counted in the summary. ``work``: what
+        there is to do, if the caller read it already (``get_with_work``).
         """
         summary = DeliverySummary()
-        channel = await self._channel(sub)
+        channel = await self._channel(sub)  # a channel gone is an error even with nothing to send
+        if work is None:
+            work = await self.subscriptions.pending_work(sub.id)
+        if not work:
+            return summary  # most polls: one query, not one per kind of work
         failures: list[DeliveryError] = []
-        for record in await self.articles.list_by_state(sub.id, ArticleState.PENDING):
+        waiting = (
+            await self.articles.list_by_state(sub.id, ArticleState.PENDING) if work.threads else []
+        )
+        for record in waiting:
             try:
                 await self._ensure_thread(sub, channel, record, summary)
             except DeliveryError as exc:
                 log.warning("No thread for %s: %s", record.url, exc)
                 failures.append(exc)
-        article_ids = set(await self.comments.articles_with_pending(sub.id))
-        article_ids |= set(await self.comments.articles_needing_edit(sub.id))
+        article_ids: set[int] = set()
+        if work.comments:
+            article_ids |= set(await self.comments.articles_with_pending(sub.id))
+            article_ids |= set(await self.comments.articles_needing_edit(sub.id))
         # The total only serves progress reports: no counting query on an ordinary poll.
         total = 0
         if progress is not None and article_ids:
@@ -160,7 +175,8 @@ class Mirror:
                 failures.append(result)
             elif isinstance(result, BaseException):
                 raise result
-        for record in await self.articles.needing_edit(sub.id):
+        edits = await self.articles.needing_edit(sub.id) if work.article_edits else []
+        for record in edits:
             if record.starter_message_id is None or record.thread_id is None:
                 continue
             forum_post = (

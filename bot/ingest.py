@@ -121,16 +121,28 @@ class Ingestor:
         for key in [k for k in self._pending_validators if k[0] == subscription_id]:
             del self._pending_validators[key]
 
-    async def poll(self, sub: Subscription) -> PollSummary:
-        """Fetch the posts feed and the comments, store what is new; raise ``FeedError``."""
+    async def poll(
+        self, sub: Subscription, validators: Mapping[str, HttpValidators] | None = None
+    ) -> PollSummary:
+        """Fetch the posts feed and the comments, store what is new; raise ``FeedError``.
+
+        ``validators``: those stored for the subscription's feeds, if the caller
+        read them with it (``get_for_poll``); else they are read here, in one query.
+        """
         summary = PollSummary()
         urls = [sub.feed_url]
         if sub.mirror_comments and sub.comments_feed_url:
             urls.append(sub.comments_feed_url)
-        # Both feeds' validators in one round trip: most polls end with two 304s.
-        validators = await self.subscriptions.validators_for(sub.id, urls)
+        # Both feeds' validators in one round trip (or none: the cycle's own query
+        # brought them): most polls end with two 304s.
+        found = (
+            validators
+            if validators is not None
+            else await self.subscriptions.validators_for(sub.id, urls)
+        )
+        known: dict[str, HttpValidators | None] = {url: found.get(url) for url in urls}
         posts = await self._fetch(
-            sub, sub.feed_url, "posts", summary, conditional=True, prefetched=validators
+            sub, sub.feed_url, "posts", summary, conditional=True, prefetched=known
         )
         if posts.parsed is None:
             summary.posts_not_modified = True
@@ -139,7 +151,7 @@ class Ingestor:
             summary.blog_title = posts.parsed.title or None
             summary.warnings += posts.parsed.warnings
         if sub.mirror_comments:
-            await self._poll_comments(sub, posts.parsed, summary, validators)
+            await self._poll_comments(sub, posts.parsed, summary, known)
         # Validators are stored only once everything from this body is recorded,
         # so a failure part-way re-reads the same body next time.
         if posts.parsed is not None:
@@ -207,14 +219,14 @@ class Ingestor:
         *,
         conditional: bool,
         article_id: str | None = None,
-        prefetched: Mapping[str, HttpValidators] | None = None,
+        prefetched: Mapping[str, HttpValidators | None] | None = None,
     ) -> Fetched:
         """Fetch ``url``, conditionally with its stored validators (read already when
         ``prefetched`` is given), and parse it unless it is unchanged."""
         cached: HttpValidators | None = None
         if conditional:
-            if prefetched is not None:
-                cached = prefetched.get(url)
+            if prefetched is not None and url in prefetched:
+                cached = prefetched[url]
             else:
                 cached = await self.subscriptions.validators(sub.id, url)
         summary.requests += 1
@@ -298,7 +310,7 @@ class Ingestor:
         sub: Subscription,
         posts: ParsedFeed | None,
         summary: PollSummary,
-        validators: Mapping[str, HttpValidators],
+        validators: Mapping[str, HttpValidators | None],
     ) -> None:
         if sub.dialect == Dialect.BLOGGER and sub.comments_feed_url:
             await self._poll_paged_comments(sub, sub.comments_feed_url, summary, validators)
@@ -321,7 +333,7 @@ class Ingestor:
         sub: Subscription,
         url: str,
         summary: PollSummary,
-        validators: Mapping[str, HttpValidators],
+        validators: Mapping[str, HttpValidators | None],
     ) -> bool:
         """Read a newest-first comments feed back to known ground; True if it got there.
 

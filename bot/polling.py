@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -26,7 +26,7 @@ from bot.metrics import Metrics, PollOutcomeLabel
 from bot.models import PushLinks
 from bot.websub import safety_interval
 from storage import SubscriptionRepo
-from storage.records import Subscription, SubscriptionState
+from storage.records import HttpValidators, Subscription, SubscriptionState
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,15 @@ class Poller:
         self.metrics = metrics
         self.push = push
 
-    async def poll(self, sub: Subscription) -> PollOutcome:
-        """Poll once; never raises for feed problems (they become the outcome)."""
+    async def poll(
+        self, sub: Subscription, validators: Mapping[str, HttpValidators] | None = None
+    ) -> PollOutcome:
+        """Poll once; never raises for feed problems (they become the outcome).
+
+        ``validators``: the stored ones of its feeds, if read with ``sub``."""
         started = time.perf_counter()
         try:
-            summary = await self.ingestor.poll(sub)
+            summary = await self.ingestor.poll(sub, validators)
         except FeedError as exc:
             self._count(PollOutcomeLabel.of_error(exc), started)
             return await self.record_failure(sub, str(exc), exc.status, exc.retry_after)

@@ -6,8 +6,10 @@ for a while. Before polling or delivering a subscription a process claims its
 lease: a row naming the holder and an expiry. A lease another process holds is
 not taken until it expires; the holder renews it while it works and releases it
 when done, so a process that dies (SIGKILL) blocks the subscription for one
-lease time at most. Claims are made in one statement for a whole batch, so the
-scheduler's idle rounds cost one round trip, not one per subscription.
+lease time at most. Claims are made in one statement for a whole batch, and the
+releases of cycles ending together are written as one statement too
+(``storage/batching.py``), so an idle round costs a few round trips per batch,
+not one per subscription.
 
 Expiry compares the processes' own clocks (UTC): the lease time is kept long
 next to any plausible clock skew between them.
@@ -18,10 +20,13 @@ grants every claim without a write.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
+from storage.batching import WriteBatcher
 from storage.db import Database
 from storage.records import to_db_time
 
@@ -38,12 +43,15 @@ class Leases:
         self.db = db
         self.holder = holder
         self.lease_time = lease_time
+        self._releases: WriteBatcher[int, int] = WriteBatcher(self._delete)
 
     async def claim(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
         """Claim (or renew) these leases; returns the ids now held by this holder."""
         ids = sorted(set(subscription_ids))
         if not ids:
             return set()
+        # A release of ours still on its way would delete the lease claimed here.
+        await self._releases.settled(ids)
         async with self.db.write() as tx:
             rows = await tx.fetch(
                 """
@@ -64,18 +72,22 @@ class Leases:
             )
         return {int(row[0]) for row in rows}
 
-    async def release(self, subscription_ids: Iterable[int]) -> None:
-        """Give these leases up at once (others may take them without waiting)."""
-        ids = sorted(set(subscription_ids))
-        if ids:
-            await self.db.write_one(
-                """
-                DELETE FROM leases
-                WHERE holder = ? AND subscription_id IN (SELECT CAST(value AS INTEGER)
-                                                         FROM json_each(?))
-                """,
-                (self.holder, json.dumps(ids)),
-            )
+    def release(self, subscription_ids: Iterable[int]) -> Awaitable[Any]:
+        """Give these leases up (others may take them without waiting); await it to know
+        they are. Queued at once (a later ``claim`` of ours waits for it); cycles ending
+        within a few milliseconds of each other share one DELETE.
+        """
+        return asyncio.gather(*(self._releases.queue(id_, id_) for id_ in set(subscription_ids)))
+
+    async def _delete(self, ids: Sequence[int]) -> None:
+        await self.db.write_one(
+            """
+            DELETE FROM leases
+            WHERE holder = ? AND subscription_id IN (SELECT CAST(value AS INTEGER)
+                                                     FROM json_each(?))
+            """,
+            (self.holder, json.dumps(sorted(ids))),
+        )
 
     async def holders(self, subscription_ids: Iterable[int], now: datetime) -> dict[int, str]:
         """Who holds unexpired leases on these subscriptions (for status and tests)."""
@@ -98,8 +110,8 @@ class SoleHolder(Leases):
     async def claim(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
         return set(subscription_ids)
 
-    async def release(self, subscription_ids: Iterable[int]) -> None:
-        return None
+    def release(self, subscription_ids: Iterable[int]) -> Awaitable[Any]:
+        return asyncio.gather()  # done already: there is nothing to give back
 
 
 def leases_for(db: Database, holder: str) -> Leases:

@@ -329,3 +329,18 @@ class Backlog:
     pending_comments: int
     set_aside_articles: int
     set_aside_comments: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWork:
+    """Which kinds of delivery work a subscription has: most polls find none at all."""
+
+    threads: bool
+    """Articles waiting for their thread."""
+    comments: bool
+    """Comments to post, or comment messages to edit."""
+    article_edits: bool
+    """Article messages to edit."""
+
+    def __bool__(self) -> bool:
+        return self.threads or self.comments or self.article_edits

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from storage.batching import WriteBatcher
 from storage.db import Database, UniqueViolation
 from storage.records import (
     Backlog,
     HttpValidators,
+    PendingWork,
     Subscription,
     SubscriptionCounts,
     SubscriptionState,
     to_db_time,
 )
-
-SUCCESS_BATCH_SECONDS = 0.005
 
 
 class DuplicateSubscriptionError(Exception):
@@ -34,8 +34,9 @@ class SubscriptionRepo:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._successes: dict[int, tuple[str, str, str, int]] = {}
-        self._success_flush: asyncio.Future[None] | None = None
+        self._successes: WriteBatcher[int, tuple[str, str, str, int]] = WriteBatcher(
+            self._write_successes
+        )
 
     async def add(
         self,
@@ -89,6 +90,52 @@ class SubscriptionRepo:
     async def get(self, subscription_id: int) -> Subscription | None:
         row = await self.db.fetchone("SELECT * FROM subscriptions WHERE id = ?", (subscription_id,))
         return Subscription.from_row(row) if row else None
+
+    async def get_for_poll(self, subscription_id: int) -> PollStart | None:
+        """What a cycle starts from, in one query: the subscription, the stored
+        validators of its feeds and which kinds of delivery work it has.
+
+        An idle cycle (304s, nothing pending) makes no other query: its success
+        is written in a batch with others (``record_success``).
+        """
+        rows = await self.db.fetch(
+            f"""
+            SELECT s.*, {_PENDING_WORK},
+                   h.url AS cached_url, h.etag, h.last_modified, h.body_hash, h.entry_digests
+            FROM subscriptions AS s
+            LEFT JOIN http_cache AS h
+              ON h.subscription_id = s.id AND (h.url = s.feed_url OR h.url = s.comments_feed_url)
+            WHERE s.id = ?
+            """,
+            (subscription_id,),
+        )
+        if not rows:
+            return None
+        validators = {
+            row["cached_url"]: HttpValidators(
+                row["etag"], row["last_modified"], row["body_hash"], row["entry_digests"]
+            )
+            for row in rows
+            if row["cached_url"] is not None
+        }
+        return PollStart(Subscription.from_row(rows[0]), validators, _pending_work(rows[0]))
+
+    async def get_with_work(self, subscription_id: int) -> tuple[Subscription, PendingWork] | None:
+        """The subscription and which kinds of delivery work it has, in one query."""
+        row = await self.db.fetchone(
+            f"SELECT s.*, {_PENDING_WORK} FROM subscriptions AS s WHERE s.id = ?",
+            (subscription_id,),
+        )
+        if row is None:
+            return None
+        return Subscription.from_row(row), _pending_work(row)
+
+    async def pending_work(self, subscription_id: int) -> PendingWork:
+        """Which kinds of delivery work the subscription has (none for one that is gone)."""
+        found = await self.get_with_work(subscription_id)
+        return (
+            found[1] if found else PendingWork(threads=False, comments=False, article_edits=False)
+        )
 
     async def list_for_guild(self, guild_id: int) -> list[Subscription]:
         rows = await self.db.fetch(
@@ -153,21 +200,12 @@ class SubscriptionRepo:
         successes of polls finishing together are written in one batch: one
         round trip to the database thread instead of one each.
         """
-        self._successes[subscription_id] = (
-            to_db_time(now),
-            to_db_time(now),
-            to_db_time(next_poll_at),
+        await self._successes.add(
             subscription_id,
+            (to_db_time(now), to_db_time(now), to_db_time(next_poll_at), subscription_id),
         )
-        if self._success_flush is None:
-            self._success_flush = asyncio.ensure_future(self._flush_successes())
-        await asyncio.shield(self._success_flush)
 
-    async def _flush_successes(self) -> None:
-        await asyncio.sleep(SUCCESS_BATCH_SECONDS)  # let polls finishing together join
-        batch = list(self._successes.values())
-        self._successes.clear()
-        self._success_flush = None
+    async def _write_successes(self, batch: Sequence[tuple[str, str, str, int]]) -> None:
         await self.db.write_batch(
             """
             UPDATE subscriptions
@@ -451,6 +489,37 @@ class SubscriptionRepo:
                 """,
                 (guild_id, channel_id),
             )
+
+
+# What delivery has to do for subscription ``s``; most polls find none of it.
+_PENDING_WORK = """
+    EXISTS (SELECT 1 FROM articles
+            WHERE subscription_id = s.id AND state = 'pending') AS pending_threads,
+    EXISTS (SELECT 1 FROM comments
+            WHERE subscription_id = s.id AND (state = 'pending' OR needs_edit = 1))
+        AS pending_comments,
+    EXISTS (SELECT 1 FROM articles
+            WHERE subscription_id = s.id AND needs_edit = 1) AS pending_article_edits
+"""
+
+
+def _pending_work(row: Any) -> PendingWork:
+    return PendingWork(
+        threads=bool(row["pending_threads"]),
+        comments=bool(row["pending_comments"]),
+        article_edits=bool(row["pending_article_edits"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PollStart:
+    """A subscription as a cycle reads it before polling (``get_for_poll``)."""
+
+    subscription: Subscription
+    validators: dict[str, HttpValidators]
+    """Stored validators of its posts and comments feeds, by URL (those it has)."""
+    work: PendingWork
+    """Delivery work left from before the poll."""
 
 
 @dataclass(frozen=True, slots=True)

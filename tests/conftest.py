@@ -111,6 +111,9 @@ class Harness:
         """True while a poll-and-deliver cycle runs or waits to run."""
         if self.polling.running:
             return True
+        # A cycle ends after its lock: it gives its lease back (batched with others) last.
+        if any(not task.done() for task in self.bot._active_cycles):
+            return True
         # A cycle holds its subscription's lock from start to end.
         return any(self.bot.subscription_lock(i).locked() for i in self.db.subscription_ids())
 

@@ -15,17 +15,19 @@ from typing import Any
 
 import pytest
 
+from tests.pg import require_postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_benchmark(*args: str) -> dict[str, Any]:
+def run_benchmark(*args: str, timeout: float = 60) -> dict[str, Any]:
     """Run a benchmark command in the repository; return the one JSON object it printed."""
     done = subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
     # 0 = within budget, 1 = over it; both are valid reports. 2 or a crash is not.
@@ -185,3 +187,39 @@ def test_push_latency_reports_percentiles(entry: list[str]) -> None:
     assert report["p50_s"] <= report["p95_s"] <= report["max_s"]
     assert (report["duplicates"], report["missing"]) == (0, 0)
     assert report["budget_p95_s"] == 3.0
+
+
+@pytest.mark.parametrize("entry", [["-m", "bench.scale"], ["bench/scale.py"]])
+def test_scale_reports_both_cases(entry: list[str]) -> None:
+    """scale at 40 subscriptions: both cases, every subscription polled, figures per process."""
+    require_postgres()
+    report = run_benchmark(*entry, "--subscriptions", "40", "--rounds", "1", timeout=240)
+    assert set(report) == {"benchmark", "cases", "budget_ratio", "budget_mb", "ok"}
+    assert report["benchmark"] == "scale"
+    assert (report["budget_ratio"], report["budget_mb"]) == (2.0, 250.0)
+    sqlite, postgres = report["cases"]
+    assert (sqlite["name"], postgres["name"]) == ("sqlite", "postgres")
+    for case in (sqlite, postgres):
+        assert case["subscriptions"] == 40
+        assert case["every_subscription_polled_each_round"] is True
+        assert_numbers(
+            case, "baseline_cpu_ms_per_poll", "round_seconds", "database_bytes_per_subscription"
+        )
+        for process in case["processes"]:
+            assert_numbers(
+                process,
+                "cpu_ms_per_poll",
+                "ratio",
+                "polls_per_second_per_core",
+                "peak_rss_mb",
+                "workers_peak_rss_mb",
+                "total_peak_rss_mb",
+            )
+            assert process["total_peak_rss_mb"] >= process["peak_rss_mb"]
+            assert isinstance(process["ok"], bool)
+        # Every subscription polled by exactly one process: the shards split them.
+        assert sum(p["subscriptions"] for p in case["processes"]) == 40
+    assert [p["shard_ids"] for p in sqlite["processes"]] == ["0,1"]
+    assert [p["shard_ids"] for p in postgres["processes"]] == ["0", "1"]
+    assert_numbers(postgres, "database_cpu_ms_per_poll")
+    assert isinstance(report["ok"], bool)

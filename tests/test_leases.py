@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -80,3 +81,25 @@ async def test_a_command_answers_when_another_process_holds_the_lease(harness: H
     )
     await record.wait_done()
     assert "✅" in "\n".join(record.contents)
+
+
+async def test_releases_ending_together_are_one_write(database: Database) -> None:
+    """Twenty cycles giving their leases back at once cost one statement, and all are freed."""
+    ids = await subscriptions(database, 20)
+    a, b = Leases(database, "host-a:1"), Leases(database, "host-b:2")
+    assert await a.claim(ids, NOW) == set(ids)
+    before = database.transactions
+    await asyncio.gather(*(a.release([id_]) for id_ in ids))
+    assert database.transactions == before + 1
+    assert await b.claim(ids, NOW) == set(ids)
+
+
+async def test_a_claim_is_not_undone_by_a_release_still_queued(database: Database) -> None:
+    """Claiming again while an earlier release waits for its batch keeps the new lease."""
+    [only] = await subscriptions(database, 1)
+    a, b = Leases(database, "host-a:1"), Leases(database, "host-b:2")
+    assert await a.claim([only], NOW) == {only}
+    released = a.release([only])  # queued, its batch not yet written
+    assert await a.claim([only], NOW) == {only}
+    await released
+    assert await b.claim([only], NOW) == set()
