@@ -17,12 +17,14 @@ from storage.records import (
     ArticleState,
     CommentRecord,
     CommentState,
+    FeedOutcome,
     NewArticle,
     NewComment,
     from_db_time,
     to_db_offset,
     to_db_time,
 )
+from storage.subscriptions import write_outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,39 +238,8 @@ class CommentRepo:
         """Insert ``(article row id, comment, state)`` triples not seen before."""
         if not comments:
             return 0
-        ids = json.dumps([c.entry_id for _, c, _ in comments])
         async with self.db.write() as tx:
-            before = await _count(tx, "comments", subscription_id, ids)
-            await tx.executemany(
-                """
-                INSERT INTO comments (
-                    subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
-                    published, published_offset, html, permalink, removed, content_hash, state,
-                    first_seen_at
-                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (subscription_id, entry_id) DO NOTHING
-                """,
-                [
-                    (
-                        subscription_id,
-                        article_id,
-                        c.entry_id,
-                        c.parent_entry_id,
-                        c.author,
-                        c.author_url,
-                        to_db_time(c.published),
-                        to_db_offset(c.published),
-                        c.html,
-                        c.permalink,
-                        int(c.removed),
-                        c.content_hash,
-                        state.value,
-                        now_text,
-                    )
-                    for article_id, c, state in comments
-                ],
-            )
-            return await _count(tx, "comments", subscription_id, ids) - before
+            return await _insert_comments(tx, subscription_id, comments, now_text)
 
     async def update_content(self, subscription_id: int, comments: Sequence[NewComment]) -> None:
         """Store changed text or removal; posted comments are flagged for an edit.
@@ -279,26 +250,28 @@ class CommentRepo:
         if not comments:
             return
         async with self.db.write() as tx:
-            await tx.executemany(
-                """
-                UPDATE comments
-                SET html = CASE WHEN removed = 1 THEN '' ELSE ? END,
-                    removed = CASE WHEN ? = 1 THEN 1 ELSE removed END,
-                    content_hash = ?,
-                    needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END
-                WHERE subscription_id = ? AND entry_id = ?
-                """,
-                [
-                    (
-                        "" if c.removed else c.html,
-                        int(c.removed),
-                        c.content_hash,
-                        subscription_id,
-                        c.entry_id,
-                    )
-                    for c in comments
-                ],
-            )
+            await _update_comments(tx, subscription_id, comments)
+
+    async def record(
+        self,
+        subscription_id: int,
+        new: Sequence[tuple[int, NewComment, CommentState]],
+        changed: Sequence[NewComment],
+        *,
+        now_text: str,
+        outcome: FeedOutcome | None = None,
+    ) -> int:
+        """A comments body recorded in one transaction: ``insert_many``, ``update_content``
+        and the body's ``outcome``; returns how many comments were new."""
+        if not (new or changed or outcome):
+            return 0
+        async with self.db.write() as tx:
+            added = await _insert_comments(tx, subscription_id, new, now_text) if new else 0
+            if changed:
+                await _update_comments(tx, subscription_id, changed)
+            if outcome is not None:
+                await write_outcome(tx, subscription_id, outcome)
+        return added
 
     async def get(self, comment_id: int) -> CommentRecord | None:
         row = await self.db.fetchone("SELECT * FROM comments WHERE id = ?", (comment_id,))
@@ -450,3 +423,68 @@ async def _count(tx: Transaction, table: str, subscription_id: int, entry_ids: s
     )
     assert row is not None
     return int(row[0])
+
+
+async def _insert_comments(
+    tx: Transaction,
+    subscription_id: int,
+    comments: Sequence[tuple[int, NewComment, CommentState]],
+    now_text: str,
+) -> int:
+    ids = json.dumps([c.entry_id for _, c, _ in comments])
+    before = await _count(tx, "comments", subscription_id, ids)
+    await tx.executemany(
+        """
+        INSERT INTO comments (
+            subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
+            published, published_offset, html, permalink, removed, content_hash, state,
+            first_seen_at
+        ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (subscription_id, entry_id) DO NOTHING
+        """,
+        [
+            (
+                subscription_id,
+                article_id,
+                c.entry_id,
+                c.parent_entry_id,
+                c.author,
+                c.author_url,
+                to_db_time(c.published),
+                to_db_offset(c.published),
+                c.html,
+                c.permalink,
+                int(c.removed),
+                c.content_hash,
+                state.value,
+                now_text,
+            )
+            for article_id, c, state in comments
+        ],
+    )
+    return await _count(tx, "comments", subscription_id, ids) - before
+
+
+async def _update_comments(
+    tx: Transaction, subscription_id: int, comments: Sequence[NewComment]
+) -> None:
+    await tx.executemany(
+        """
+        UPDATE comments
+        SET html = CASE WHEN removed = 1 THEN '' ELSE ? END,
+            removed = CASE WHEN ? = 1 THEN 1 ELSE removed END,
+            content_hash = ?,
+            needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END
+        WHERE subscription_id = ? AND entry_id = ?
+        """,
+        [
+            (
+                "" if c.removed else c.html,
+                int(c.removed),
+                c.content_hash,
+                subscription_id,
+                c.entry_id,
+            )
+            for c in comments
+        ],
+    )

@@ -23,6 +23,7 @@ from storage import (
 from storage.records import (
     ArticleState,
     CommentState,
+    FeedOutcome,
     HttpValidators,
     NewArticle,
     NewComment,
@@ -253,6 +254,39 @@ async def test_comment_lifecycle(db: Database) -> None:
     c1 = await comments.get(pending[0].id)
     assert c1 is not None and c1.state == CommentState.DELETED
     assert await comments.article_entries(sub.id, ["c1", "zz"]) == {"c1": "a1"}
+
+
+async def test_a_comments_body_is_recorded_in_one_transaction(db: Database) -> None:
+    """New and changed comments, validators and the read mark commit together, or not at all."""
+    subs = SubscriptionRepo(db)
+    sub = await add_subscription(subs)
+    articles, comments = ArticleRepo(db), CommentRepo(db)
+    await articles.insert_many(sub.id, [(article("a1"), ArticleState.PENDING)], now_text="t")
+    a1 = await articles.get_by_entry(sub.id, "a1")
+    assert a1 is not None
+    await comments.insert_many(sub.id, [(a1.id, comment("c1"), CommentState.PENDING)], now_text="t")
+    seen = NOW + timedelta(minutes=5)
+    outcome = FeedOutcome("c", HttpValidators('"c"', None, "h", b"held"), NOW, seen)
+    changed = replace(comment("c1"), html="<p>edited</p>", content_hash="h2")
+    new = [(a1.id, comment("c2", minutes=2), CommentState.PENDING)]
+    transactions = db.transactions
+    added = await comments.record(sub.id, new, [changed], now_text="t", outcome=outcome)
+    assert (added, db.transactions - transactions) == (1, 1)
+    assert set(await comments.known(sub.id, ["c1", "c2"])) == {"c1", "c2"}
+    assert (await comments.known(sub.id, ["c1"]))["c1"].content_hash == "h2"
+    assert await subs.validators(sub.id, "c") == outcome.validators
+    stored = await subs.get(sub.id)
+    assert stored is not None and stored.comments_seen_until == seen
+    # A failing statement (no such article row) leaves nothing of the body behind.
+    later_seen = seen + timedelta(hours=1)
+    later = FeedOutcome("c", HttpValidators('"d"', None, "i", b"later"), NOW, later_seen)
+    orphan = [(a1.id + 1000, comment("c3"), CommentState.PENDING)]
+    with pytest.raises(Exception, match=r"(?i)foreign key"):
+        await comments.record(sub.id, orphan, [], now_text="t", outcome=later)
+    assert await subs.validators(sub.id, "c") == outcome.validators
+    stored = await subs.get(sub.id)
+    assert stored is not None and stored.comments_seen_until == seen
+    assert not await comments.known(sub.id, ["c3"])
 
 
 async def test_changed_article_is_flagged_only_once_posted(db: Database) -> None:
