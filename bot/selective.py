@@ -92,10 +92,6 @@ class KnownEntries:
     ids: Mapping[bytes, str]  # digest -> entry id
     context: bytes | None = None
 
-    @property
-    def digests(self) -> frozenset[bytes]:
-        return frozenset(self.ids)
-
     def encode(self) -> bytes:
         """Format byte, dialect and context (each with its length), then digest, id length, id."""
         name = self.dialect.value.encode("ascii")
@@ -159,7 +155,7 @@ def select(
     ids = [raw.id for raw in raw_entries]
     if None in ids or len(set(ids)) != len(ids):
         return None  # feedparser decides these entries' identity: read them all
-    left_out = tuple(raw for raw in raw_entries if raw.digest in known.digests)
+    left_out = tuple(raw for raw in raw_entries if raw.digest in known.ids)
     if not left_out:
         return None
     pieces: list[bytes] = []
@@ -172,7 +168,7 @@ def select(
         pieces.append(document[position:start])
         position = end
     pieces.append(document[position:])
-    kept = tuple(raw for raw in raw_entries if raw.digest not in known.digests)
+    kept = tuple(raw for raw in raw_entries if raw.digest not in known.ids)
     return Selection(b"".join(pieces), kept, left_out)
 
 
