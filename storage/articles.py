@@ -412,6 +412,12 @@ class CommentRepo:
         return changed > 0
 
 
+# One row of an INSERT's VALUES; 14 placeholders a row keeps a statement far below both
+# SQLite's (32,766) and PostgreSQL's (32,767) limits.
+_COMMENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROWS_PER_INSERT = 1000
+
+
 async def _count(tx: Transaction, table: str, subscription_id: int, entry_ids: str) -> int:
     """How many of these entries (a JSON list) the subscription has in ``table``."""
     row = await tx.fetchone(
@@ -431,19 +437,16 @@ async def _insert_comments(
     comments: Sequence[tuple[int, NewComment, CommentState]],
     now_text: str,
 ) -> int:
-    ids = json.dumps([c.entry_id for _, c, _ in comments])
-    before = await _count(tx, "comments", subscription_id, ids)
-    await tx.executemany(
-        """
-        INSERT INTO comments (
-            subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
-            published, published_offset, html, permalink, removed, content_hash, state,
-            first_seen_at
-        ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (subscription_id, entry_id) DO NOTHING
-        """,
-        [
-            (
+    """Insert the comments not stored yet, in as few statements as the placeholder limits
+    allow (one round trip each: the rows inserted come back); how many were new."""
+    added = 0
+    for first in range(0, len(comments), _ROWS_PER_INSERT):
+        chunk = comments[first : first + _ROWS_PER_INSERT]
+        values = ", ".join([_COMMENT_ROW] * len(chunk))
+        parameters = [
+            value
+            for article_id, c, state in chunk
+            for value in (
                 subscription_id,
                 article_id,
                 c.entry_id,
@@ -459,10 +462,21 @@ async def _insert_comments(
                 state.value,
                 now_text,
             )
-            for article_id, c, state in comments
-        ],
-    )
-    return await _count(tx, "comments", subscription_id, ids) - before
+        ]
+        inserted = await tx.fetch(
+            f"""
+            INSERT INTO comments (
+                subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
+                published, published_offset, html, permalink, removed, content_hash, state,
+                first_seen_at
+            ) VALUES {values}
+            ON CONFLICT (subscription_id, entry_id) DO NOTHING
+            RETURNING entry_id
+            """,
+            parameters,
+        )
+        added += len(inserted)
+    return added
 
 
 async def _update_comments(

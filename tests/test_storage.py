@@ -289,6 +289,19 @@ async def test_a_comments_body_is_recorded_in_one_transaction(db: Database) -> N
     assert not await comments.known(sub.id, ["c3"])
 
 
+async def test_many_comments_are_inserted_in_chunks_and_counted(db: Database) -> None:
+    """More comments than one statement takes: all stored, only the new ones counted."""
+    sub = await add_subscription(SubscriptionRepo(db))
+    articles, comments = ArticleRepo(db), CommentRepo(db)
+    await articles.insert_many(sub.id, [(article("a1"), ArticleState.PENDING)], now_text="t")
+    a1 = await articles.get_by_entry(sub.id, "a1")
+    assert a1 is not None
+    rows = [(a1.id, comment(f"c{n}"), CommentState.PENDING) for n in range(2_100)]
+    assert await comments.insert_many(sub.id, rows[:100], now_text="t") == 100
+    assert await comments.insert_many(sub.id, rows, now_text="t") == 2_000
+    assert len(await comments.known(sub.id, [f"c{n}" for n in range(2_100)])) == 2_100
+
+
 async def test_changed_article_is_flagged_only_once_posted(db: Database) -> None:
     """Content changes flag an edit for posted articles, not for pending ones."""
     sub = await add_subscription(SubscriptionRepo(db))
