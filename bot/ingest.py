@@ -93,6 +93,14 @@ class _CommentPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class _KnownArticles:
+    """Articles asked about already while paging: the ids asked, and those stored."""
+
+    asked: set[str] = field(default_factory=set)
+    found: dict[str, KnownEntry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Fetched:
     """A fetched and parsed document, or ``parsed=None`` when it had not changed."""
 
@@ -356,6 +364,7 @@ class Ingestor:
         page = first.parsed
         collected: list[Comment] = []
         stored: dict[str, KnownEntry] = {}
+        articles = _KnownArticles()
         oldest_mirrored: list[datetime | None] = []  # read once, and only if needed
         seen_next: set[str] = set()
         pages = 1
@@ -365,11 +374,14 @@ class Ingestor:
             # Entries not read again are stored ones: known ground, like any known id.
             ids = [*(c.id for c in page.comments), *page.unchanged]
             # The same query finds which entries the comments name as articles are stored
-            # comments, for ``_record_comments``.
-            page_known = await self.comments.known(
-                sub.id, {*ids, *(c.article_id for c in page.comments)}
+            # comments (for ``_resolve_threading``) or stored articles (for ``_plan_comments``).
+            named = {c.article_id for c in page.comments}
+            page_known, page_articles = await self.comments.known_with_articles(
+                sub.id, {*ids, *named}, named
             )
             stored.update(page_known)
+            articles.found.update(page_articles)
+            articles.asked.update(named)
             known = any(entry_id in page_known for entry_id in ids)
             if not known and not oldest_mirrored:
                 oldest_mirrored.append(await self._oldest_mirrored(sub))
@@ -393,7 +405,7 @@ class Ingestor:
                 break
             page = await self.untrusted.parse_feed(result.body, result.url, kind="comments")
             pages += 1
-        plan = await self._plan_comments(sub, _unique(collected), stored)
+        plan = await self._plan_comments(sub, _unique(collected), stored, articles)
         newest = max((c.published for c in collected if not c.undated), default=None)
         if newest is not None:
             # A comment dated in the future (a wrong clock, a broken feed) must not push
@@ -478,13 +490,15 @@ class Ingestor:
         sub: Subscription,
         comments: Sequence[Comment],
         stored: dict[str, KnownEntry] | None = None,
+        asked: _KnownArticles | None = None,
     ) -> _CommentPlan:
         """Which comments are new (of mirrored articles) and which changed; no writes.
 
         ``stored`` tells which comments are known, among the batch and the entries
         the batch names as articles (a reply may name a comment, see
         ``_resolve_threading``, which may be one not read again this time); one
-        query asks when it is not given.
+        query asks when it is not given. ``asked`` holds the articles already asked
+        about; only the others are asked.
         """
         if not comments:
             return _CommentPlan([], [], set())
@@ -496,7 +510,10 @@ class Ingestor:
         comments = [c if c.id in known else _first_seen(c, now) for c in comments]
         comments = await self._resolve_threading(sub, comments, stored)
         article_ids = {c.article_id for c in comments}
-        articles = await self.articles.known(sub.id, article_ids)
+        asked = asked or _KnownArticles()
+        articles = dict(asked.found)
+        if not article_ids <= asked.asked:
+            articles.update(await self.articles.known(sub.id, article_ids - asked.asked))
         inserts: list[tuple[int, NewComment, CommentState]] = []
         changed: list[NewComment] = []
         for comment in comments:

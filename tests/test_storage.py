@@ -289,6 +289,24 @@ async def test_a_comments_body_is_recorded_in_one_transaction(db: Database) -> N
     assert not await comments.known(sub.id, ["c3"])
 
 
+async def test_known_comments_and_articles_in_one_query(db: Database) -> None:
+    """A page's comments and the articles they name are looked up together, kept apart."""
+    sub = await add_subscription(SubscriptionRepo(db))
+    articles, comments = ArticleRepo(db), CommentRepo(db)
+    await articles.insert_many(sub.id, [(article("a1"), ArticleState.SKIPPED)], now_text="t")
+    a1 = await articles.get_by_entry(sub.id, "a1")
+    assert a1 is not None
+    removed = replace(comment("c1"), removed=True)
+    await comments.insert_many(sub.id, [(a1.id, removed, CommentState.PENDING)], now_text="t")
+    found_comments, found_articles = await comments.known_with_articles(
+        sub.id, ["c1", "a1", "zz"], ["a1", "c1", "zz"]
+    )
+    assert found_comments == await comments.known(sub.id, ["c1", "a1", "zz"])
+    assert set(found_comments) == {"c1"} and found_comments["c1"].removed
+    assert found_articles == await articles.known(sub.id, ["a1", "c1", "zz"])
+    assert set(found_articles) == {"a1"} and found_articles["a1"].state == "skipped"
+
+
 async def test_many_comments_are_inserted_in_chunks_and_counted(db: Database) -> None:
     """More comments than one statement takes: all stored, only the new ones counted."""
     sub = await add_subscription(SubscriptionRepo(db))
