@@ -48,6 +48,7 @@ from storage.records import (
     ArticleRecord,
     ArticleState,
     CommentState,
+    FeedOutcome,
     HttpValidators,
     NewArticle,
     NewComment,
@@ -80,6 +81,23 @@ class PollSummary:
     blog_title: str | None = None
     push_links: list[PushLinks] = field(default_factory=list)
     """The hub and topic of the posts and blog-wide comments feeds, when their bodies were read."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CommentPlan:
+    """What recording a batch of comments will write, and the ids storage will then hold."""
+
+    inserts: list[tuple[int, NewComment, CommentState]]
+    changed: list[NewComment]
+    recorded: set[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownArticles:
+    """Articles asked about already while paging: the ids asked, and those stored."""
+
+    asked: set[str] = field(default_factory=set)
+    found: dict[str, KnownEntry] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,12 +283,20 @@ class Ingestor:
         self, sub: Subscription, fetched: Fetched, recorded: Collection[str]
     ) -> None:
         """Store the body's validators, and what it held: the entries now ``recorded``."""
-        validators = self._pending_validators.pop((sub.id, fetched.url), None)
-        if validators is not None and fetched.parsed is not None:
-            validators = replace(validators, entry_digests=remember(fetched.parsed, recorded))
+        validators = self._validators_to_store(sub, fetched, recorded)
+        if validators is not None:
             await self.subscriptions.store_validators(
                 sub.id, fetched.url, validators, now=self.clock()
             )
+
+    def _validators_to_store(
+        self, sub: Subscription, fetched: Fetched, recorded: Collection[str]
+    ) -> HttpValidators | None:
+        """The parsed body's validators, with what it held: the entries ``recorded``."""
+        validators = self._pending_validators.pop((sub.id, fetched.url), None)
+        if validators is None or fetched.parsed is None:
+            return None
+        return replace(validators, entry_digests=remember(fetched.parsed, recorded))
 
     # --- articles ----------------------------------------------------------------------
 
@@ -350,6 +376,7 @@ class Ingestor:
         page = first.parsed
         collected: list[Comment] = []
         stored: dict[str, KnownEntry] = {}
+        articles = _KnownArticles()
         oldest_mirrored: list[datetime | None] = []  # read once, and only if needed
         seen_next: set[str] = set()
         pages = 1
@@ -359,11 +386,14 @@ class Ingestor:
             # Entries not read again are stored ones: known ground, like any known id.
             ids = [*(c.id for c in page.comments), *page.unchanged]
             # The same query finds which entries the comments name as articles are stored
-            # comments, for ``_record_comments``.
-            page_known = await self.comments.known(
-                sub.id, {*ids, *(c.article_id for c in page.comments)}
+            # comments (for ``_resolve_threading``) or stored articles (for ``_plan_comments``).
+            named = {c.article_id for c in page.comments}
+            page_known, page_articles = await self.comments.known_with_articles(
+                sub.id, {*ids, *named}, named
             )
             stored.update(page_known)
+            articles.found.update(page_articles)
+            articles.asked.update(named)
             known = any(entry_id in page_known for entry_id in ids)
             if not known and not oldest_mirrored:
                 oldest_mirrored.append(await self._oldest_mirrored(sub))
@@ -387,17 +417,25 @@ class Ingestor:
                 break
             page = await self.untrusted.parse_feed(result.body, result.url, kind="comments")
             pages += 1
-        recorded = await self._record_comments(sub, _unique(collected), summary, stored)
+        plan = await self._plan_comments(sub, _unique(collected), stored, articles)
         newest = max((c.published for c in collected if not c.undated), default=None)
         if newest is not None:
             # A comment dated in the future (a wrong clock, a broken feed) must not push
             # the mark past now, or later polls would stop paging back too early.
             newest = min(newest, self.clock())
-        if newest is not None and (
-            sub.comments_seen_until is None or newest > sub.comments_seen_until
-        ):
+        if sub.comments_seen_until is not None and newest is not None:
+            newest = newest if newest > sub.comments_seen_until else None
+        stored_validators = self._validators_to_store(
+            sub, first, plan.recorded.union(first.parsed.unchanged)
+        )
+        # Validators are stored with everything from this body, in one transaction, so a
+        # failure part-way re-reads the same body next time.
+        outcome = None
+        if stored_validators is not None:
+            outcome = FeedOutcome(url, stored_validators, self.clock(), newest)
+        await self._write_comments(sub, plan, summary, outcome)
+        if outcome is None and newest is not None:
             await self.subscriptions.set_comments_seen_until(sub.id, newest)
-        await self._store_validators(sub, first, recorded.union(first.parsed.unchanged))
         return reached
 
     def _reached_old_ground(
@@ -440,25 +478,42 @@ class Ingestor:
                 summary.warnings.append(f"Comments of “{article.title}”: {exc}")
                 continue
             if fetched.parsed is not None:
-                recorded = await self._record_comments(sub, fetched.parsed.comments, summary)
-                await self._store_validators(sub, fetched, recorded.union(fetched.parsed.unchanged))
+                plan = await self._plan_comments(sub, fetched.parsed.comments)
+                recorded = plan.recorded.union(fetched.parsed.unchanged)
+                validators = self._validators_to_store(sub, fetched, recorded)
+                outcome = None
+                if validators is not None:
+                    outcome = FeedOutcome(fetched.url, validators, self.clock())
+                await self._write_comments(sub, plan, summary, outcome)
 
     async def _record_comments(
         self,
         sub: Subscription,
         comments: Sequence[Comment],
         summary: PollSummary,
-        stored: dict[str, KnownEntry] | None = None,
     ) -> set[str]:
-        """Store new comments of mirrored articles, note changes; the ids storage now holds.
+        """Store new comments of mirrored articles, note changes; the ids storage now holds."""
+        plan = await self._plan_comments(sub, comments)
+        await self._write_comments(sub, plan, summary)
+        return plan.recorded
+
+    async def _plan_comments(
+        self,
+        sub: Subscription,
+        comments: Sequence[Comment],
+        stored: dict[str, KnownEntry] | None = None,
+        asked: _KnownArticles | None = None,
+    ) -> _CommentPlan:
+        """Which comments are new (of mirrored articles) and which changed; no writes.
 
         ``stored`` tells which comments are known, among the batch and the entries
         the batch names as articles (a reply may name a comment, see
         ``_resolve_threading``, which may be one not read again this time); one
-        query asks when it is not given.
+        query asks when it is not given. ``asked`` holds the articles already asked
+        about; only the others are asked.
         """
         if not comments:
-            return set()
+            return _CommentPlan([], [], set())
         ids = {c.id for c in comments}
         if stored is None:
             stored = await self.comments.known(sub.id, ids | {c.article_id for c in comments})
@@ -467,7 +522,10 @@ class Ingestor:
         comments = [c if c.id in known else _first_seen(c, now) for c in comments]
         comments = await self._resolve_threading(sub, comments, stored)
         article_ids = {c.article_id for c in comments}
-        articles = await self.articles.known(sub.id, article_ids)
+        asked = asked or _KnownArticles()
+        articles = dict(asked.found)
+        if not article_ids <= asked.asked:
+            articles.update(await self.articles.known(sub.id, article_ids - asked.asked))
         inserts: list[tuple[int, NewComment, CommentState]] = []
         changed: list[NewComment] = []
         for comment in comments:
@@ -486,12 +544,21 @@ class Ingestor:
                 else CommentState.PENDING
             )
             inserts.append((article.row_id, row, state))
-        summary.new_comments += await self.comments.insert_many(
-            sub.id, inserts, now_text=to_db_time(self.clock())
+        recorded = set(known).union(row.entry_id for _article, row, _state in inserts)
+        return _CommentPlan(inserts, changed, recorded)
+
+    async def _write_comments(
+        self,
+        sub: Subscription,
+        plan: _CommentPlan,
+        summary: PollSummary,
+        outcome: FeedOutcome | None = None,
+    ) -> None:
+        """The plan, and the body's outcome if given, in one transaction."""
+        summary.new_comments += await self.comments.record(
+            sub.id, plan.inserts, plan.changed, now_text=to_db_time(self.clock()), outcome=outcome
         )
-        await self.comments.update_content(sub.id, changed)
-        summary.changed_comments += len(changed)
-        return set(known).union(row.entry_id for _article, row, _state in inserts)
+        summary.changed_comments += len(plan.changed)
 
     async def _resolve_threading(
         self, sub: Subscription, comments: Sequence[Comment], known: dict[str, KnownEntry]

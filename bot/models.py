@@ -76,6 +76,8 @@ class ParsedFeed:
     very bytes (``bot.selective``). They are there, unchanged; never take them for gone."""
     digests: Mapping[str, bytes] = field(default_factory=dict)
     """Entry id -> digest of the entry's raw bytes, for every entry that has one."""
+    digest_context: bytes | None = None
+    """What every one of those digests holds before the entry's bytes, when they share it."""
     normalised: int = 0
     """How many entries feedparser read (the others are ``unchanged``)."""
 

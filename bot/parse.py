@@ -103,27 +103,46 @@ def parse_feed(
     prolog = rawxml.check_document(text)
     document = repair_document(text, prolog.end)
     salt = selective.entry_salt(url, kind, article_id)
-    raw_entries = read_raw_entries(document, base_url, salt=salt)
     remembered = selective.KnownEntries.decode(known) if kind is not None else None
+    if remembered is not None:
+        early = selective.select_before_reading(document, remembered, base_url, salt)
+        if early is not None:
+            feed = _read_selection(early[0], remembered, url, kind, article_id, early[1])
+            if feed is not None:
+                return feed
+    raw_entries = read_raw_entries(document, base_url, salt=salt)
     selection = selective.select(document, raw_entries, remembered) if remembered else None
     if remembered is not None and selection is not None:
-        try:
-            feed = _read(
-                selection.document, selection.kept, url, kind, article_id, selection.left_out
-            )
-        except (FeedParseError, NotAFeedError):
-            feed = None  # the whole document decides
-        if feed is not None and selective.agrees(feed, selection, remembered):
-            log.debug(
-                "Read %d of %d entries of %s; %d unchanged",
-                feed.normalised,
-                len(raw_entries),
-                url,
-                len(feed.unchanged),
-            )
+        feed = _read_selection(selection, remembered, url, kind, article_id, len(raw_entries))
+        if feed is not None:
             return feed
-        log.debug("Read all of %s: the cut document did not agree with the whole", url)
     return _read(document, raw_entries, url, kind, article_id)
+
+
+def _read_selection(
+    selection: selective.Selection,
+    remembered: selective.KnownEntries,
+    url: str,
+    kind: Kind | None,
+    article_id: str | None,
+    total: int,
+) -> ParsedFeed | None:
+    """feedparser over the cut document; None when the whole document must decide."""
+    try:
+        feed = _read(selection.document, selection.kept, url, kind, article_id, selection.left_out)
+    except (FeedParseError, NotAFeedError):
+        return None
+    if not selective.agrees(feed, selection, remembered):
+        log.debug("Read all of %s: the cut document did not agree with the whole", url)
+        return None
+    log.debug(
+        "Read %d of %d entries of %s; %d unchanged",
+        feed.normalised,
+        total,
+        url,
+        len(feed.unchanged),
+    )
+    return feed
 
 
 def _read(
@@ -143,10 +162,10 @@ def _read(
     kind = kind or _detect_kind(feed, dialect, entries)
     context = _Context(dialect, base_url, article_id, _feed_date(feed))
     site_url = _link(feed, "alternate") or _str(feed, "link")
-    digests = {e.id: e.raw.digest for e in entries if e.raw.digest and e.raw.id == e.id}
-    for raw in left_out:
-        if raw.id is not None and raw.digest is not None:
-            digests[raw.id] = raw.digest
+    digested = [e.raw for e in entries if e.raw.digest and e.raw.id == e.id]
+    digested += [raw for raw in left_out if raw.id is not None and raw.digest is not None]
+    digests = {raw.id: raw.digest for raw in digested if raw.id and raw.digest}
+    contexts = {raw.context for raw in digested}
     return ParsedFeed(
         kind=kind,
         dialect=dialect,
@@ -161,6 +180,7 @@ def _read(
         self_url=absolute(base_url, _link(feed, "self")),
         unchanged=tuple(raw.id for raw in left_out if raw.id is not None),
         digests=digests,
+        digest_context=contexts.pop() if len(contexts) == 1 else None,
         normalised=len(parsed.entries),
     )
 

@@ -40,7 +40,7 @@ from feedparser.urls import _urljoin, make_safe_absolute_uri
 from bot.errors import FeedParseError
 from bot.rawxml import ATOM_NS, GD_NS, THR_NS
 
-__all__ = ["DIGEST_SIZE", "RawEntry", "read_raw_entries"]
+__all__ = ["DIGEST_SIZE", "Mark", "RawEntry", "read_marked", "read_raw_entries"]
 
 DIGEST_SIZE: Final = 16
 
@@ -80,6 +80,18 @@ class RawEntry:
     (an empty-element tag, or any entry nested in another)."""
     digest: bytes | None = None
     """Digest of those bytes in their context (see the module docstring); None without a span."""
+    context: bytes | None = None
+    """What went into the digest before the entry's bytes (salt, elements around, base URI)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A placeholder processing instruction the pass was asked to note, and where it was."""
+
+    data: str
+    context: bytes | None
+    """What an entry starting there would have in its digest before its bytes; None when the
+    mark is inside an entry (an entry there would nest)."""
 
 
 def read_raw_entries(
@@ -92,8 +104,22 @@ def read_raw_entries(
     truncated body included) and on any entity declaration, so nothing from a
     bad body is ever used.
     """
+    return read_marked(body, base_url, salt=salt)[0]
+
+
+def read_marked(
+    body: bytes, base_url: str | None = None, *, salt: bytes = b"", mark: str | None = None
+) -> tuple[tuple[RawEntry, ...], tuple[Mark, ...]]:
+    """``read_raw_entries``, also noting each processing instruction whose target is ``mark``.
+
+    ``bot.selective`` puts such a mark where it cut out an entry it knows, and
+    checks from the marks that each cut was an entry's place in the same context. When
+    entries nest no mark is returned: nothing may be cut.
+    """
     try:
-        return _Scanner(body, base_url or "", salt).run()
+        scanner = _Scanner(body, base_url or "", salt, mark)
+        entries = scanner.run()
+        return entries, () if scanner.nested else tuple(scanner.marks)
     except defusedxml.DefusedXmlException as exc:
         raise FeedParseError(
             "The feed uses XML entity or DTD features that are refused for safety."
@@ -165,10 +191,12 @@ class _Scanner:
     every feed, and a closure's variables are quicker to reach than attributes.
     """
 
-    def __init__(self, document: bytes, base_url: str, salt: bytes) -> None:
+    def __init__(self, document: bytes, base_url: str, salt: bytes, mark: str | None) -> None:
         self.document = document
         self.base_url = base_url
         self.found: list[RawEntry] = []
+        self.marks: list[Mark] = []
+        self.mark = mark
         self.nested = False
         self.xml = DefusedXMLParser(target=_NoTree())
         self.expat = self.xml.parser
@@ -186,8 +214,11 @@ class _Scanner:
             expat = self.expat
             expat.StartElementHandler = expat.EndElementHandler = None
             expat.StartNamespaceDeclHandler = expat.CharacterDataHandler = None
+            expat.ProcessingInstructionHandler = None
         if self.nested:  # spans inside spans: cutting one out is not safe
-            return tuple(replace(entry, span=None, digest=None) for entry in self.found)
+            return tuple(
+                replace(entry, span=None, digest=None, context=None) for entry in self.found
+            )
         return tuple(self.found)
 
     def _install(self, salted: bytes) -> None:
@@ -300,6 +331,16 @@ class _Scanner:
             elif open_entries[-1].depth == depth:
                 found.append(self._finish(open_entries.pop()))
 
+        def instruction(target: str, data: str) -> None:
+            if target == mark:
+                context = (
+                    None if open_entries else outer[-1] + current.encode("utf-8", "surrogatepass")
+                )
+                marks.append(Mark(data, context))
+
+        mark, marks = self.mark, self.marks
+        if mark is not None:
+            expat.ProcessingInstructionHandler = instruction
         expat.StartElementHandler = start
         expat.EndElementHandler = end
         expat.StartNamespaceDeclHandler = declare
@@ -330,6 +371,7 @@ class _Scanner:
             related_href=entry.related_href,
             span=span,
             digest=digest,
+            context=entry.prefix if digest is not None else None,
         )
 
 

@@ -17,12 +17,14 @@ from storage.records import (
     ArticleState,
     CommentRecord,
     CommentState,
+    FeedOutcome,
     NewArticle,
     NewComment,
     from_db_time,
     to_db_offset,
     to_db_time,
 )
+from storage.subscriptions import write_outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +228,31 @@ class CommentRepo:
         )
         return {row[0]: KnownEntry(row[1], row[2], row[3], bool(row[4])) for row in rows}
 
+    async def known_with_articles(
+        self, subscription_id: int, comment_ids: Iterable[str], article_ids: Iterable[str]
+    ) -> tuple[dict[str, KnownEntry], dict[str, KnownEntry]]:
+        """``known`` for these comments and ``ArticleRepo.known`` for these articles, in one
+        query: a page of comments asks both."""
+        rows = await self.db.fetch(
+            """
+            SELECT 0, entry_id, id, content_hash, state, removed FROM comments
+            WHERE subscription_id = ? AND entry_id IN (SELECT value FROM json_each(?))
+            UNION ALL
+            SELECT 1, entry_id, id, content_hash, state, 0 FROM articles
+            WHERE subscription_id = ? AND entry_id IN (SELECT value FROM json_each(?))
+            """,
+            (
+                subscription_id,
+                json.dumps(list(comment_ids)),
+                subscription_id,
+                json.dumps(list(article_ids)),
+            ),
+        )
+        found: tuple[dict[str, KnownEntry], dict[str, KnownEntry]] = ({}, {})
+        for row in rows:
+            found[int(row[0])][row[1]] = KnownEntry(row[2], row[3], row[4], bool(row[5]))
+        return found
+
     async def insert_many(
         self,
         subscription_id: int,
@@ -236,39 +263,8 @@ class CommentRepo:
         """Insert ``(article row id, comment, state)`` triples not seen before."""
         if not comments:
             return 0
-        ids = json.dumps([c.entry_id for _, c, _ in comments])
         async with self.db.write() as tx:
-            before = await _count(tx, "comments", subscription_id, ids)
-            await tx.executemany(
-                """
-                INSERT INTO comments (
-                    subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
-                    published, published_offset, html, permalink, removed, content_hash, state,
-                    first_seen_at
-                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (subscription_id, entry_id) DO NOTHING
-                """,
-                [
-                    (
-                        subscription_id,
-                        article_id,
-                        c.entry_id,
-                        c.parent_entry_id,
-                        c.author,
-                        c.author_url,
-                        to_db_time(c.published),
-                        to_db_offset(c.published),
-                        c.html,
-                        c.permalink,
-                        int(c.removed),
-                        c.content_hash,
-                        state.value,
-                        now_text,
-                    )
-                    for article_id, c, state in comments
-                ],
-            )
-            return await _count(tx, "comments", subscription_id, ids) - before
+            return await _insert_comments(tx, subscription_id, comments, now_text)
 
     async def update_content(self, subscription_id: int, comments: Sequence[NewComment]) -> None:
         """Store changed text or removal; posted comments are flagged for an edit.
@@ -279,26 +275,28 @@ class CommentRepo:
         if not comments:
             return
         async with self.db.write() as tx:
-            await tx.executemany(
-                """
-                UPDATE comments
-                SET html = CASE WHEN removed = 1 THEN '' ELSE ? END,
-                    removed = CASE WHEN ? = 1 THEN 1 ELSE removed END,
-                    content_hash = ?,
-                    needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END
-                WHERE subscription_id = ? AND entry_id = ?
-                """,
-                [
-                    (
-                        "" if c.removed else c.html,
-                        int(c.removed),
-                        c.content_hash,
-                        subscription_id,
-                        c.entry_id,
-                    )
-                    for c in comments
-                ],
-            )
+            await _update_comments(tx, subscription_id, comments)
+
+    async def record(
+        self,
+        subscription_id: int,
+        new: Sequence[tuple[int, NewComment, CommentState]],
+        changed: Sequence[NewComment],
+        *,
+        now_text: str,
+        outcome: FeedOutcome | None = None,
+    ) -> int:
+        """A comments body recorded in one transaction: ``insert_many``, ``update_content``
+        and the body's ``outcome``; returns how many comments were new."""
+        if not (new or changed or outcome):
+            return 0
+        async with self.db.write() as tx:
+            added = await _insert_comments(tx, subscription_id, new, now_text) if new else 0
+            if changed:
+                await _update_comments(tx, subscription_id, changed)
+            if outcome is not None:
+                await write_outcome(tx, subscription_id, outcome)
+        return added
 
     async def get(self, comment_id: int) -> CommentRecord | None:
         row = await self.db.fetchone("SELECT * FROM comments WHERE id = ?", (comment_id,))
@@ -439,6 +437,12 @@ class CommentRepo:
         return changed > 0
 
 
+# One row of an INSERT's VALUES; 14 placeholders a row keeps a statement far below both
+# SQLite's (32,766) and PostgreSQL's (32,767) limits.
+_COMMENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROWS_PER_INSERT = 1000
+
+
 async def _count(tx: Transaction, table: str, subscription_id: int, entry_ids: str) -> int:
     """How many of these entries (a JSON list) the subscription has in ``table``."""
     row = await tx.fetchone(
@@ -450,3 +454,76 @@ async def _count(tx: Transaction, table: str, subscription_id: int, entry_ids: s
     )
     assert row is not None
     return int(row[0])
+
+
+async def _insert_comments(
+    tx: Transaction,
+    subscription_id: int,
+    comments: Sequence[tuple[int, NewComment, CommentState]],
+    now_text: str,
+) -> int:
+    """Insert the comments not stored yet, in as few statements as the placeholder limits
+    allow (one round trip each: the rows inserted come back); how many were new."""
+    added = 0
+    for first in range(0, len(comments), _ROWS_PER_INSERT):
+        chunk = comments[first : first + _ROWS_PER_INSERT]
+        values = ", ".join([_COMMENT_ROW] * len(chunk))
+        parameters = [
+            value
+            for article_id, c, state in chunk
+            for value in (
+                subscription_id,
+                article_id,
+                c.entry_id,
+                c.parent_entry_id,
+                c.author,
+                c.author_url,
+                to_db_time(c.published),
+                to_db_offset(c.published),
+                c.html,
+                c.permalink,
+                int(c.removed),
+                c.content_hash,
+                state.value,
+                now_text,
+            )
+        ]
+        inserted = await tx.fetch(
+            f"""
+            INSERT INTO comments (
+                subscription_id, article_id, entry_id, parent_entry_id, author, author_url,
+                published, published_offset, html, permalink, removed, content_hash, state,
+                first_seen_at
+            ) VALUES {values}
+            ON CONFLICT (subscription_id, entry_id) DO NOTHING
+            RETURNING entry_id
+            """,
+            parameters,
+        )
+        added += len(inserted)
+    return added
+
+
+async def _update_comments(
+    tx: Transaction, subscription_id: int, comments: Sequence[NewComment]
+) -> None:
+    await tx.executemany(
+        """
+        UPDATE comments
+        SET html = CASE WHEN removed = 1 THEN '' ELSE ? END,
+            removed = CASE WHEN ? = 1 THEN 1 ELSE removed END,
+            content_hash = ?,
+            needs_edit = CASE WHEN state = 'posted' THEN 1 ELSE needs_edit END
+        WHERE subscription_id = ? AND entry_id = ?
+        """,
+        [
+            (
+                "" if c.removed else c.html,
+                int(c.removed),
+                c.content_hash,
+                subscription_id,
+                c.entry_id,
+            )
+            for c in comments
+        ],
+    )

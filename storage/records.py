@@ -151,6 +151,17 @@ class HttpValidators:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedOutcome:
+    """What a recorded comments body leaves beside its comments, written in their transaction:
+    its URL's validators (and what it held) and, for a blog-wide feed, how far it has read."""
+
+    url: str
+    validators: HttpValidators
+    fetched_at: datetime
+    comments_seen_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewArticle:
     entry_id: str
     url: str

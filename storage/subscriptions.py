@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from storage.batching import WriteBatcher
-from storage.db import Database, UniqueViolation
+from storage.db import Database, Transaction, UniqueViolation
 from storage.records import (
     Backlog,
+    FeedOutcome,
     HttpValidators,
     PendingWork,
     Subscription,
@@ -342,11 +343,7 @@ class SubscriptionRepo:
             )
 
     async def set_comments_seen_until(self, subscription_id: int, value: datetime) -> None:
-        async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE subscriptions SET comments_seen_until = ? WHERE id = ?",
-                (to_db_time(value), subscription_id),
-            )
+        await self.db.write_one(_SET_COMMENTS_SEEN_UNTIL, (to_db_time(value), subscription_id))
 
     async def poll_soon(self, subscription_id: int, now: datetime) -> None:
         """Make an active subscription due now (a push notification for another process's
@@ -452,24 +449,7 @@ class SubscriptionRepo:
         self, subscription_id: int, url: str, validators: HttpValidators, *, now: datetime
     ) -> None:
         await self.db.write_one(
-            """
-            INSERT INTO http_cache (subscription_id, url, etag, last_modified, body_hash,
-                                    entry_digests, fetched_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (subscription_id, url) DO UPDATE SET
-                etag = excluded.etag, last_modified = excluded.last_modified,
-                body_hash = excluded.body_hash, entry_digests = excluded.entry_digests,
-                fetched_at = excluded.fetched_at
-            """,
-            (
-                subscription_id,
-                url,
-                validators.etag,
-                validators.last_modified,
-                validators.body_hash,
-                validators.entry_digests,
-                to_db_time(now),
-            ),
+            _STORE_VALIDATORS, _validators_row(subscription_id, url, validators, now)
         )
 
     # --- guild settings --------------------------------------------------------------
@@ -550,3 +530,41 @@ def _url_variants(url: str) -> tuple[str, ...]:
     url = url.strip()
     base = url.rstrip("/")
     return tuple(dict.fromkeys((url, base, base + "/")))
+
+
+_STORE_VALIDATORS = """
+    INSERT INTO http_cache (subscription_id, url, etag, last_modified, body_hash,
+                            entry_digests, fetched_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (subscription_id, url) DO UPDATE SET
+        etag = excluded.etag, last_modified = excluded.last_modified,
+        body_hash = excluded.body_hash, entry_digests = excluded.entry_digests,
+        fetched_at = excluded.fetched_at
+"""
+_SET_COMMENTS_SEEN_UNTIL = "UPDATE subscriptions SET comments_seen_until = ? WHERE id = ?"
+
+
+def _validators_row(
+    subscription_id: int, url: str, validators: HttpValidators, now: datetime
+) -> tuple[object, ...]:
+    return (
+        subscription_id,
+        url,
+        validators.etag,
+        validators.last_modified,
+        validators.body_hash,
+        validators.entry_digests,
+        to_db_time(now),
+    )
+
+
+async def write_outcome(tx: Transaction, subscription_id: int, outcome: FeedOutcome) -> None:
+    """A comments body's outcome (``FeedOutcome``), inside the caller's transaction."""
+    await tx.execute(
+        _STORE_VALIDATORS,
+        _validators_row(subscription_id, outcome.url, outcome.validators, outcome.fetched_at),
+    )
+    if outcome.comments_seen_until is not None:
+        await tx.execute(
+            _SET_COMMENTS_SEEN_UNTIL, (to_db_time(outcome.comments_seen_until), subscription_id)
+        )

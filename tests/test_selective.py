@@ -28,7 +28,7 @@ from bot.models import ParsedFeed
 from bot.parse import parse_feed
 from bot.polling import Poller
 from bot.rawentries import read_raw_entries
-from bot.selective import remember
+from bot.selective import KnownEntries, remember, select_before_reading
 from bot.untrusted import Untrusted, open_pool
 from storage import ArticleRepo, CommentRepo, Database, SubscriptionRepo
 from storage.records import Subscription
@@ -87,14 +87,19 @@ def assert_equivalent(whole: ParsedFeed, cut: ParsedFeed, before: ParsedFeed) ->
         assert old[entry_id] == new[entry_id]
 
 
-def without_entry(body: bytes, index: int) -> bytes:
-    """``body`` with its ``index``-th entry cut out, as if it had not been published yet."""
+def repaired(body: bytes) -> bytes:
+    """``body`` as the parser hands it to feedparser and the raw pass: decoded and repaired."""
     from bot import rawxml
     from bot.charset import decode_document
     from bot.xmlrepair import repair_document
 
     text = decode_document(body)
-    document = repair_document(text, rawxml.check_document(text).end)
+    return repair_document(text, rawxml.check_document(text).end)
+
+
+def without_entry(body: bytes, index: int) -> bytes:
+    """``body`` with its ``index``-th entry cut out, as if it had not been published yet."""
+    document = repaired(body)
     span = read_raw_entries(document)[index].span
     assert span is not None
     return document[: span[0]] + document[span[1] :]
@@ -153,6 +158,76 @@ def test_another_url_or_kind_reads_everything() -> None:
     assert (elsewhere.normalised, elsewhere.unchanged) == (5, ())
     per_post = parse_feed(body, URL, kind="comments", article_id="urn:post", known=known)
     assert (per_post.normalised, per_post.unchanged) == (5, ())
+
+
+# --- (a') known entries found by their tags are cut only where the strict pass confirms them --
+
+
+def entry_bytes(body: bytes, entry_id: str) -> bytes:
+    """The bytes of the entry ``entry_id`` of ``body``."""
+    document = repaired(body)
+    (span,) = [raw.span for raw in read_raw_entries(document) if raw.id == entry_id]
+    assert span is not None
+    return document[span[0] : span[1]]
+
+
+def early_cut(body: bytes, known: bytes | None) -> Any:
+    """``select_before_reading`` as ``parse_feed`` calls it for ``body`` at ``URL``."""
+    remembered = KnownEntries.decode(known)
+    assert remembered is not None
+    salt = "\0".join((URL, "comments", "")).encode()
+    return select_before_reading(repaired(body), remembered, URL, salt)
+
+
+def test_a_new_comment_among_24_is_cut_before_the_strict_pass() -> None:
+    """The common page: the 24 known entries are cut by their tags, the new one is kept."""
+    known = recorded_all(read(page(range(0, 25)), "comments"))
+    early = early_cut(page(range(1, 26)), known)
+    assert early is not None
+    selection, total = early
+    assert total == 25
+    assert [raw.id for raw in selection.kept] == [comment_id(25)]
+    assert sorted(raw.id for raw in selection.left_out) == sorted(
+        comment_id(n) for n in range(1, 25)
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("<!-- ", " -->"), ("<subtitle type='html'><![CDATA[", "]]></subtitle>")],
+    ids=["comment", "cdata"],
+)
+def test_a_known_entry_in_a_comment_or_cdata_is_not_taken_for_one(before: str, after: str) -> None:
+    """A known entry's bytes where they are not an entry: not listed as unchanged."""
+    first = page(range(0, 25))
+    recorded = read(first, "comments")
+    hidden = before.encode() + entry_bytes(first, comment_id(0)) + after.encode()
+    body = page(range(1, 26)).replace(b"</feed>", hidden + b"</feed>")
+    assert early_cut(body, recorded_all(recorded)) is None
+    cut = read(body, "comments", known=recorded_all(recorded))
+    assert comment_id(0) not in cut.unchanged
+    assert_equivalent(read(body, "comments"), cut, recorded)
+
+
+def test_a_known_entry_in_another_context_is_not_cut() -> None:
+    """The same bytes inside another element read otherwise: the tag-found cut is refused."""
+    first = page(range(0, 25))
+    known = recorded_all(read(first, "comments"))
+    wrapped = b"<wrapper xmlns='urn:other'>" + entry_bytes(first, comment_id(0)) + b"</wrapper>"
+    body = page(range(1, 26)).replace(b"</feed>", wrapped + b"</feed>")
+    assert early_cut(body, known) is None
+
+
+def test_known_entries_encode_and_decode() -> None:
+    """What is stored reads back the same; a damaged value reads as nothing."""
+    known = KnownEntries.decode(recorded_all(read(page(range(0, 3)), "comments")))
+    assert known is not None
+    assert sorted(known.ids.values()) == sorted(comment_id(n) for n in range(0, 3))
+    assert known.context is not None
+    encoded = known.encode()
+    assert KnownEntries.decode(encoded) == known
+    assert KnownEntries.decode(encoded[:-1]) is None
+    assert KnownEntries.decode(b"\x01" + encoded[1:]) is None  # the format of digests alone
 
 
 # --- (b) equivalence: fixtures, damaged and edited fixtures, generated feeds ----------------

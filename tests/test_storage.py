@@ -23,6 +23,7 @@ from storage import (
 from storage.records import (
     ArticleState,
     CommentState,
+    FeedOutcome,
     HttpValidators,
     NewArticle,
     NewComment,
@@ -253,6 +254,70 @@ async def test_comment_lifecycle(db: Database) -> None:
     c1 = await comments.get(pending[0].id)
     assert c1 is not None and c1.state == CommentState.DELETED
     assert await comments.article_entries(sub.id, ["c1", "zz"]) == {"c1": "a1"}
+
+
+async def test_a_comments_body_is_recorded_in_one_transaction(db: Database) -> None:
+    """New and changed comments, validators and the read mark commit together, or not at all."""
+    subs = SubscriptionRepo(db)
+    sub = await add_subscription(subs)
+    articles, comments = ArticleRepo(db), CommentRepo(db)
+    await articles.insert_many(sub.id, [(article("a1"), ArticleState.PENDING)], now_text="t")
+    a1 = await articles.get_by_entry(sub.id, "a1")
+    assert a1 is not None
+    await comments.insert_many(sub.id, [(a1.id, comment("c1"), CommentState.PENDING)], now_text="t")
+    seen = NOW + timedelta(minutes=5)
+    outcome = FeedOutcome("c", HttpValidators('"c"', None, "h", b"held"), NOW, seen)
+    changed = replace(comment("c1"), html="<p>edited</p>", content_hash="h2")
+    new = [(a1.id, comment("c2", minutes=2), CommentState.PENDING)]
+    transactions = db.transactions
+    added = await comments.record(sub.id, new, [changed], now_text="t", outcome=outcome)
+    assert (added, db.transactions - transactions) == (1, 1)
+    assert set(await comments.known(sub.id, ["c1", "c2"])) == {"c1", "c2"}
+    assert (await comments.known(sub.id, ["c1"]))["c1"].content_hash == "h2"
+    assert await subs.validators(sub.id, "c") == outcome.validators
+    stored = await subs.get(sub.id)
+    assert stored is not None and stored.comments_seen_until == seen
+    # A failing statement (no such article row) leaves nothing of the body behind.
+    later_seen = seen + timedelta(hours=1)
+    later = FeedOutcome("c", HttpValidators('"d"', None, "i", b"later"), NOW, later_seen)
+    orphan = [(a1.id + 1000, comment("c3"), CommentState.PENDING)]
+    with pytest.raises(Exception, match=r"(?i)foreign key"):
+        await comments.record(sub.id, orphan, [], now_text="t", outcome=later)
+    assert await subs.validators(sub.id, "c") == outcome.validators
+    stored = await subs.get(sub.id)
+    assert stored is not None and stored.comments_seen_until == seen
+    assert not await comments.known(sub.id, ["c3"])
+
+
+async def test_known_comments_and_articles_in_one_query(db: Database) -> None:
+    """A page's comments and the articles they name are looked up together, kept apart."""
+    sub = await add_subscription(SubscriptionRepo(db))
+    articles, comments = ArticleRepo(db), CommentRepo(db)
+    await articles.insert_many(sub.id, [(article("a1"), ArticleState.SKIPPED)], now_text="t")
+    a1 = await articles.get_by_entry(sub.id, "a1")
+    assert a1 is not None
+    removed = replace(comment("c1"), removed=True)
+    await comments.insert_many(sub.id, [(a1.id, removed, CommentState.PENDING)], now_text="t")
+    found_comments, found_articles = await comments.known_with_articles(
+        sub.id, ["c1", "a1", "zz"], ["a1", "c1", "zz"]
+    )
+    assert found_comments == await comments.known(sub.id, ["c1", "a1", "zz"])
+    assert set(found_comments) == {"c1"} and found_comments["c1"].removed
+    assert found_articles == await articles.known(sub.id, ["a1", "c1", "zz"])
+    assert set(found_articles) == {"a1"} and found_articles["a1"].state == "skipped"
+
+
+async def test_many_comments_are_inserted_in_chunks_and_counted(db: Database) -> None:
+    """More comments than one statement takes: all stored, only the new ones counted."""
+    sub = await add_subscription(SubscriptionRepo(db))
+    articles, comments = ArticleRepo(db), CommentRepo(db)
+    await articles.insert_many(sub.id, [(article("a1"), ArticleState.PENDING)], now_text="t")
+    a1 = await articles.get_by_entry(sub.id, "a1")
+    assert a1 is not None
+    rows = [(a1.id, comment(f"c{n}"), CommentState.PENDING) for n in range(2_100)]
+    assert await comments.insert_many(sub.id, rows[:100], now_text="t") == 100
+    assert await comments.insert_many(sub.id, rows, now_text="t") == 2_000
+    assert len(await comments.known(sub.id, [f"c{n}" for n in range(2_100)])) == 2_100
 
 
 async def test_changed_article_is_flagged_only_once_posted(db: Database) -> None:
