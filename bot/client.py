@@ -192,7 +192,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         if shards is not None and not shards.owns(sub.guild_id):
             await self.subscriptions.poll_soon(sub.id, datetime.now(UTC))
             return
-        result = await self.cycle(sub)
+        result = await self.cycle(sub.id)
         if result.outcome is None and result.error == BUSY_ELSEWHERE:
             # Another process is on it; its poll may have fetched before the news.
             await self.subscriptions.poll_soon(sub.id, datetime.now(UTC))
@@ -214,17 +214,18 @@ class BlogMirrorBot(commands.AutoShardedBot):
 
     async def cycle(
         self,
-        sub: Subscription,
+        subscription_id: int,
         *,
         progress: Progress | None = None,
         poll: bool = True,
         claimed_at: datetime | None = None,
     ) -> CycleResult:
-        """Poll ``sub`` (unless ``poll`` is false) and deliver what is pending.
+        """Poll the subscription (unless ``poll`` is false) and deliver what is pending.
 
-        Never raises for feed or delivery problems: they are recorded on the
-        subscription (``/blog status``) and, on a state change, told to the
-        guild's log channel. ``claimed_at``: when the caller claimed its lease.
+        It is read afresh here, so callers name it by id. Never raises for feed
+        or delivery problems: they are recorded on the subscription (``/blog
+        status``) and, on a state change, told to the guild's log channel.
+        ``claimed_at``: when the caller claimed its lease.
         """
         if self._closing:
             return CycleResult(None, None, "The bot is stopping.")
@@ -232,17 +233,19 @@ class BlogMirrorBot(commands.AutoShardedBot):
         if task is not None:
             self._active_cycles.add(task)
         try:
-            async with self.lease_keeper.hold(sub.id, claimed_at=claimed_at) as ours:
+            async with self.lease_keeper.hold(subscription_id, claimed_at=claimed_at) as ours:
                 if not ours:
                     return CycleResult(None, None, BUSY_ELSEWHERE)
-                return await self._cycle(sub, progress, poll)
+                return await self._cycle(subscription_id, progress, poll)
         finally:
             if task is not None:
                 self._active_cycles.discard(task)
 
-    async def _cycle(self, sub: Subscription, progress: Progress | None, poll: bool) -> CycleResult:
-        async with self.subscription_lock(sub.id):
-            start = await self.subscriptions.get_for_poll(sub.id)
+    async def _cycle(
+        self, subscription_id: int, progress: Progress | None, poll: bool
+    ) -> CycleResult:
+        async with self.subscription_lock(subscription_id):
+            start = await self.subscriptions.get_for_poll(subscription_id)
             if start is None:
                 return CycleResult(None, None, "The subscription was removed.")
             fresh = start.subscription
@@ -256,7 +259,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
                 # Delivery still runs, to notice a channel that is gone.
                 current, work = fresh, start.work
             else:
-                after = await self.subscriptions.get_with_work(sub.id)
+                after = await self.subscriptions.get_with_work(subscription_id)
                 current, work = after if after is not None else (None, None)
             if current is not None and current.state == SubscriptionState.ACTIVE:
                 delivery_error: str | None = None
