@@ -10,7 +10,7 @@ Discord double, a local feed server, a real SQLite file):
 The double limits message creation to 5 per 1 s per channel and all requests
 to 50 per s (the global limit). Each scenario subscribes (its first poll
 records the articles and comments as pending), lets every rate-limit window
-expire, then times ``bot.cycle(sub)`` (a second poll, answered 304, and the
+expire, then times ``bot.cycle(sub.id)`` (a second poll, answered 304, and the
 delivery) from its start to the moment the double answered the last comment
 message. discord.py returns from the send that empties a bucket only after the
 bucket resets, so the end is taken from the double's request log, not from
@@ -174,7 +174,7 @@ async def measure_scenario(scenario: Scenario) -> dict[str, Any]:
             first_429 = double.count_429
             first_transaction = harness.bot.db.transactions
             started = time.monotonic()
-            result = await harness.bot.cycle(sub)
+            result = await harness.bot.cycle(sub.id)
             transactions = harness.bot.db.transactions - first_transaction
             if result.error is not None:
                 raise InvalidRunError(f"{scenario.name}: the cycle failed: {result.error}")

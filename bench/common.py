@@ -80,9 +80,9 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 async def all_due(repo: SubscriptionRepo, count: int) -> list[Subscription]:
     """Up to ``count`` active subscriptions, as the polling scheduler gets them when all are due.
 
-    That is its own query (``list_due``) asked at the end of time, so every poll
-    starts from each subscription's stored state. In id order, the order they
-    were added, so the n-th is blog n.
+    That is the scheduler's due query (``list_due``, whose ids ``due_ids`` reads)
+    asked at the end of time, so every poll starts from each subscription's stored
+    state. In id order, the order they were added, so the n-th is blog n.
     """
     due = await repo.list_due(datetime.max.replace(tzinfo=UTC), count)
     return sorted(due, key=lambda sub: sub.id)

@@ -120,7 +120,7 @@ async def _run(harness: Harness, hub: HubDouble, websub: WebSub, count: int) -> 
         backfill=1,
     )
     sub = subscribed.subscription
-    await bot.cycle(sub)  # the article's thread
+    await bot.cycle(sub.id)  # the article's thread
     async with asyncio.timeout(30):
         while not await websub.pushed([sub.id]):
             await asyncio.sleep(0.02)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +18,7 @@ from bot.delivery import DeliveryError, DeliverySummary, Mirror, Progress
 from bot.discord_rest import DiscordRest
 from bot.fetch import Fetcher
 from bot.ingest import Ingestor
+from bot.leasekeeper import LeaseKeeper
 from bot.metrics import Metrics
 from bot.polling import HealthChange, Poller, PollOutcome
 from bot.render import escape_text
@@ -95,6 +94,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         # Who this process is, in the leases it holds (several may share PostgreSQL).
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.leases = leases_for(db, self.holder)
+        self.lease_keeper = LeaseKeeper(self.leases)
         self.subscriptions = SubscriptionRepo(db)
         self.articles = ArticleRepo(db)
         self.comments = CommentRepo(db)
@@ -168,6 +168,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=10)
+        await self.lease_keeper.close()
         if self.websub is not None:
             await self.websub.stop()
         await super().close()
@@ -191,7 +192,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         if shards is not None and not shards.owns(sub.guild_id):
             await self.subscriptions.poll_soon(sub.id, datetime.now(UTC))
             return
-        result = await self.cycle(sub)
+        result = await self.cycle(sub.id)
         if result.outcome is None and result.error == BUSY_ELSEWHERE:
             # Another process is on it; its poll may have fetched before the news.
             await self.subscriptions.poll_soon(sub.id, datetime.now(UTC))
@@ -211,61 +212,20 @@ class BlogMirrorBot(commands.AutoShardedBot):
             return None
         return Shards(count, tuple(sorted(ids)))
 
-    @contextlib.asynccontextmanager
-    async def leased(
-        self, subscription_id: int, *, claimed_at: datetime | None = None
-    ) -> AsyncIterator[bool]:
-        """Hold the subscription's lease while working on it: yields whether it is ours.
-
-        ``claimed_at``: when the caller claimed it (the scheduler claims a batch in
-        one statement); a claim that recent is not repeated. The lease is renewed
-        while the work goes on; if another process took it meanwhile (this one
-        stalled past the lease time), the work is cancelled and its open intents
-        are settled by whoever holds the lease now.
-        """
-        fresh_for = self.leases.lease_time / 3
-        if claimed_at is None or datetime.now(UTC) - claimed_at > fresh_for:
-            got = await self.leases.claim([subscription_id], datetime.now(UTC))
-            if subscription_id not in got:
-                yield False
-                return
-        if not self.leases.shared:  # the only process: nothing to renew or release
-            yield True
-            return
-        work = asyncio.current_task()
-        renewer = asyncio.create_task(self._renew(subscription_id, work))
-        try:
-            yield True
-        finally:
-            renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
-            await self.leases.release([subscription_id])
-
-    async def _renew(self, subscription_id: int, work: asyncio.Task[Any] | None) -> None:
-        while True:
-            await asyncio.sleep(self.leases.lease_time.total_seconds() / 3)
-            got = await self.leases.claim([subscription_id], datetime.now(UTC))
-            if subscription_id not in got:
-                log.warning(
-                    "Lost the lease of subscription %s: stopping work on it", subscription_id
-                )
-                if work is not None:
-                    work.cancel()
-                return
-
     async def cycle(
         self,
-        sub: Subscription,
+        subscription_id: int,
         *,
         progress: Progress | None = None,
         poll: bool = True,
         claimed_at: datetime | None = None,
     ) -> CycleResult:
-        """Poll ``sub`` (unless ``poll`` is false) and deliver what is pending.
+        """Poll the subscription (unless ``poll`` is false) and deliver what is pending.
 
-        Never raises for feed or delivery problems: they are recorded on the
-        subscription (``/blog status``) and, on a state change, told to the
-        guild's log channel. ``claimed_at``: when the caller claimed its lease.
+        It is read afresh here, so callers name it by id. Never raises for feed
+        or delivery problems: they are recorded on the subscription (``/blog
+        status``) and, on a state change, told to the guild's log channel.
+        ``claimed_at``: when the caller claimed its lease.
         """
         if self._closing:
             return CycleResult(None, None, "The bot is stopping.")
@@ -273,17 +233,19 @@ class BlogMirrorBot(commands.AutoShardedBot):
         if task is not None:
             self._active_cycles.add(task)
         try:
-            async with self.leased(sub.id, claimed_at=claimed_at) as ours:
+            async with self.lease_keeper.hold(subscription_id, claimed_at=claimed_at) as ours:
                 if not ours:
                     return CycleResult(None, None, BUSY_ELSEWHERE)
-                return await self._cycle(sub, progress, poll)
+                return await self._cycle(subscription_id, progress, poll)
         finally:
             if task is not None:
                 self._active_cycles.discard(task)
 
-    async def _cycle(self, sub: Subscription, progress: Progress | None, poll: bool) -> CycleResult:
-        async with self.subscription_lock(sub.id):
-            start = await self.subscriptions.get_for_poll(sub.id)
+    async def _cycle(
+        self, subscription_id: int, progress: Progress | None, poll: bool
+    ) -> CycleResult:
+        async with self.subscription_lock(subscription_id):
+            start = await self.subscriptions.get_for_poll(subscription_id)
             if start is None:
                 return CycleResult(None, None, "The subscription was removed.")
             fresh = start.subscription
@@ -297,7 +259,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
                 # Delivery still runs, to notice a channel that is gone.
                 current, work = fresh, start.work
             else:
-                after = await self.subscriptions.get_with_work(sub.id)
+                after = await self.subscriptions.get_with_work(subscription_id)
                 current, work = after if after is not None else (None, None)
             if current is not None and current.state == SubscriptionState.ACTIVE:
                 delivery_error: str | None = None

@@ -83,8 +83,10 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
-        for outcome in PollOutcomeLabel:  # every series exists from the start, at 0
-            self.polls.labels(outcome=outcome.value)
+        # Every series exists from the start, at 0; kept, as ``labels()`` is a lookup per poll.
+        self._polls_by_outcome = {
+            outcome: self.polls.labels(outcome=outcome.value) for outcome in PollOutcomeLabel
+        }
         self.poll_duration = Histogram(
             "blogmirror_poll_duration_seconds",
             "Time one feed poll took: fetching, parsing and recording (not posting to Discord).",
@@ -127,7 +129,7 @@ class Metrics:
     # --- updated by the bot --------------------------------------------------------
 
     def polled(self, outcome: PollOutcomeLabel, seconds: float) -> None:
-        self.polls.labels(outcome=outcome.value).inc()
+        self._polls_by_outcome[outcome].inc()
         self.poll_duration.observe(seconds)
 
     def loop_ran(self) -> None:

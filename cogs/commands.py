@@ -183,7 +183,7 @@ class BlogCommands(
                 interaction, "\n".join([*lines, f"⏳ Mirrored {posted}/{total} comments…"])
             )
 
-        result = await self.bot.cycle(sub, progress=progress, poll=False)
+        result = await self.bot.cycle(sub.id, progress=progress, poll=False)
         final = (
             "✅ Done."
             if result.error is None
@@ -321,7 +321,7 @@ class BlogCommands(
         await interaction.response.defer(ephemeral=True, thinking=True)
         lines = []
         for sub in subs:
-            result = await self.bot.cycle(sub)
+            result = await self.bot.cycle(sub.id)
             if result.error:
                 lines.append(f"❌ **{escape_text(sub.display_name)}**: {result.error}")
             else:
@@ -368,7 +368,7 @@ class BlogCommands(
             raise BlogMirrorError(f"{sub.display_name} is already active.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         sub = await self.bot.service.set_paused(sub, False)
-        result = await self.bot.cycle(sub)
+        result = await self.bot.cycle(sub.id)
         verdict = (
             "polled just now: all good."
             if result.error is None

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING
 
 from discord.ext import commands, tasks
 
-from storage.records import Subscription
-
 if TYPE_CHECKING:
     from bot.client import BlogMirrorBot
 
@@ -79,15 +77,16 @@ class PollingCog(commands.Cog):
         ended: set[int] = set()
         self._ended_during_query = ended
         try:
-            due = await self.bot.subscriptions.list_due(now, self.batch, self.bot.local_shards())
+            due = await self.bot.subscriptions.due_ids(now, self.batch, self.bot.local_shards())
         finally:
             self._ended_during_query = None
-        fresh = [sub for sub in due if sub.id not in self.running and sub.id not in ended]
+        running = self.running
+        fresh = [id_ for id_ in due if id_ not in running and id_ not in ended]
         # One round trip claims the whole batch; another process's are left alone.
-        ours = await self.bot.leases.claim([sub.id for sub in fresh], now)
-        for sub in fresh:
-            if sub.id in ours:
-                self._start(sub, claimed_at=now)
+        ours = await self.bot.leases.claim(fresh, now)
+        for id_ in fresh:
+            if id_ in ours:
+                self._start(id_, claimed_at=now)
         if fresh and not ours:
             return False  # another process holds them: asking again at once would spin
         return len(due) == self.batch
@@ -117,16 +116,18 @@ class PollingCog(commands.Cog):
         for sub in waiting:
             if sub.id not in self.running:
                 log.info("Resuming unfinished work of %s", sub.feed_url)
-                self._start(sub)
+                self._start(sub.id)
 
-    def _start(self, sub: Subscription, *, claimed_at: datetime | None = None) -> None:
-        task = asyncio.create_task(self._run(sub, claimed_at), name=f"poll-{sub.id}")
-        self.running[sub.id] = task
-        task.add_done_callback(functools.partial(self._finished, sub.id))
+    def _start(self, subscription_id: int, *, claimed_at: datetime | None = None) -> None:
+        task = asyncio.create_task(
+            self._run(subscription_id, claimed_at), name=f"poll-{subscription_id}"
+        )
+        self.running[subscription_id] = task
+        task.add_done_callback(functools.partial(self._finished, subscription_id))
 
-    async def _run(self, sub: Subscription, claimed_at: datetime | None) -> None:
+    async def _run(self, subscription_id: int, claimed_at: datetime | None) -> None:
         async with self.gate:
-            await self.bot.cycle(sub, claimed_at=claimed_at)
+            await self.bot.cycle(subscription_id, claimed_at=claimed_at)
 
     def _finished(self, subscription_id: int, task: asyncio.Task[None]) -> None:
         self.running.pop(subscription_id, None)

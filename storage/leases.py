@@ -72,6 +72,27 @@ class Leases:
             )
         return {int(row[0]) for row in rows}
 
+    async def renew(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
+        """Extend these held leases; returns the ids still held by this holder.
+
+        Unlike ``claim`` it never takes a lease that is not ours any more: one
+        released meanwhile stays released, one another process took is lost.
+        """
+        ids = sorted(set(subscription_ids))
+        if not ids:
+            return set()
+        async with self.db.write() as tx:
+            rows = await tx.fetch(
+                """
+                UPDATE leases SET expires_at = ?
+                WHERE holder = ? AND subscription_id IN (SELECT CAST(value AS INTEGER)
+                                                         FROM json_each(?))
+                RETURNING subscription_id
+                """,
+                (to_db_time(now + self.lease_time), self.holder, json.dumps(ids)),
+            )
+        return {int(row[0]) for row in rows}
+
     def release(self, subscription_ids: Iterable[int]) -> Awaitable[Any]:
         """Give these leases up (others may take them without waiting); await it to know
         they are. Queued at once (a later ``claim`` of ours waits for it); cycles ending
@@ -108,6 +129,9 @@ class SoleHolder(Leases):
     shared = False
 
     async def claim(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
+        return set(subscription_ids)
+
+    async def renew(self, subscription_ids: Iterable[int], now: datetime) -> set[int]:
         return set(subscription_ids)
 
     def release(self, subscription_ids: Iterable[int]) -> Awaitable[Any]:

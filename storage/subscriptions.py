@@ -173,6 +173,24 @@ class SubscriptionRepo:
         )
         return [Subscription.from_row(row) for row in rows]
 
+    async def due_ids(self, now: datetime, limit: int, shards: Shards | None = None) -> list[int]:
+        """The ids ``list_due`` would return, soonest first: all the scheduler needs.
+
+        It asks again each time half a batch is done, and finds the other half
+        still running and still due; a cycle reads its subscription afresh, so
+        only ids are read here (from the due index, with no row built).
+        """
+        rows = await self.db.fetch(
+            f"""
+            SELECT id FROM subscriptions AS s
+            WHERE state = 'active' AND next_poll_at <= ? AND {_ON_SHARDS}
+            ORDER BY next_poll_at
+            LIMIT ?
+            """,
+            (to_db_time(now), *_shard_parameters(shards), limit),
+        )
+        return [int(row[0]) for row in rows]
+
     async def with_unfinished_work(self, shards: Shards | None = None) -> list[Subscription]:
         """Active subscriptions with pending articles or comments, or open send intents."""
         rows = await self.db.fetch(

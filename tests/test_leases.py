@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.leasekeeper import LeaseKeeper
 from storage import Database, SubscriptionRepo
 from storage.leases import Leases, SoleHolder, leases_for
 from tests.conftest import Harness
@@ -103,3 +105,78 @@ async def test_a_claim_is_not_undone_by_a_release_still_queued(database: Databas
     assert await a.claim([only], NOW) == {only}
     await released
     assert await b.claim([only], NOW) == set()
+
+
+async def test_one_loop_renews_held_leases_and_cancels_work_whose_lease_was_taken(
+    database: Database,
+) -> None:
+    """Held leases outlive their lease time; one taken by another holder cancels its work."""
+    kept, lost = await subscriptions(database, 2)
+    a = Leases(database, "host-a:1", lease_time=timedelta(seconds=0.6))
+    b = Leases(database, "host-b:2", lease_time=timedelta(seconds=60))
+    keeper = LeaseKeeper(a)
+    inside: dict[int, asyncio.Event] = {kept: asyncio.Event(), lost: asyncio.Event()}
+    finish = asyncio.Event()
+
+    async def work(subscription_id: int) -> None:
+        async with keeper.hold(subscription_id) as ours:
+            assert ours
+            inside[subscription_id].set()
+            await finish.wait()
+
+    tasks = {id_: asyncio.create_task(work(id_)) for id_ in (kept, lost)}
+    try:
+        await asyncio.gather(*(event.wait() for event in inside.values()))
+        # Renewed in one loop: after two renewals the first claims would have lapsed.
+        await wait_for(lambda: keeper.renewals >= 3)
+        assert await b.claim([kept, lost], datetime.now(UTC)) == set()
+        # Another process takes ``lost`` (as if this one had stalled past its lease).
+        await database.write_one(
+            "UPDATE leases SET holder = ? WHERE subscription_id = ?", ("host-b:2", lost)
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(tasks[lost], 10)
+        assert not tasks[kept].done()
+        finish.set()
+        await tasks[kept]
+        # Given back when done; the taken one stays with its new holder.
+        assert await a.holders([kept, lost], datetime.now(UTC)) == {lost: "host-b:2"}
+    finally:
+        finish.set()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await keeper.close()
+
+
+async def test_a_lease_is_given_back_when_the_last_of_its_holders_is_done(
+    database: Database,
+) -> None:
+    """Two pieces of work on one subscription (a command, the scheduler) share its lease."""
+    [only] = await subscriptions(database, 1)
+    keeper = LeaseKeeper(Leases(database, "host-a:1"))
+    other = Leases(database, "host-b:2")
+    first_done, second_in = asyncio.Event(), asyncio.Event()
+    try:
+        async with keeper.hold(only) as first:
+            assert first
+
+            async def second() -> None:
+                async with keeper.hold(only) as ours:
+                    assert ours
+                    second_in.set()
+                    await first_done.wait()
+
+            task = asyncio.create_task(second())
+            await second_in.wait()
+        assert await other.claim([only], datetime.now(UTC)) == set()  # the second still works
+        first_done.set()
+        await task
+        assert await other.claim([only], datetime.now(UTC)) == {only}
+    finally:
+        await keeper.close()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, checking as the loop turns."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)

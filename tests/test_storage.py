@@ -174,9 +174,12 @@ async def test_due_subscriptions_exclude_paused_and_future(db: Database) -> None
     paused = await add_subscription(repo, channel=2)
     await repo.set_state(paused.id, SubscriptionState.PAUSED)
     assert [s.id for s in await repo.list_due(NOW, 10)] == [due.id]
+    assert await repo.due_ids(NOW, 10) == [due.id]  # the scheduler's query
     assert await repo.list_due(NOW - timedelta(seconds=1), 10) == []
+    assert await repo.due_ids(NOW - timedelta(seconds=1), 10) == []
     await repo.set_state(paused.id, SubscriptionState.ACTIVE, next_poll_at=NOW)
     assert {s.id for s in await repo.list_due(NOW, 10)} == {due.id, paused.id}
+    assert set(await repo.due_ids(NOW, 10)) == {due.id, paused.id}
 
 
 async def test_validators_round_trip(db: Database) -> None:
