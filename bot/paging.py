@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 from bot.fetch import Fetcher
@@ -18,7 +18,7 @@ async def feed_pages(
     kind: Literal["posts", "comments"],
     article_id: str | None = None,
     max_pages: int,
-) -> AsyncIterator[ParsedFeed]:
+) -> AsyncGenerator[ParsedFeed, None]:
     """Each page of a feed, parsed in the worker pool, fetched only when asked for.
 
     Stops at the last page, at a page seen before (a ``next`` loop) or after

@@ -22,10 +22,11 @@ time zone, are shown here in the blog's own UTC offset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import textwrap
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
@@ -177,12 +178,38 @@ async def load_url(fetcher: Fetcher, untrusted: Untrusted, url: str, articles: i
     blog.blog_url = found.blog_url or posts.site_url
     blog.kind = posts.kind
     blog.add(posts)
-    for article in newest(posts.articles, articles):
+    chosen = newest(posts.articles, articles)
+    if posts.comments_feed_url and chosen:
+        # The blog-wide comments feed, as the bot reads it (Blogger's, WordPress's): one
+        # request for every article, where per-article feeds would be one each.
+        await _load_blog_comments(fetcher, untrusted, blog, posts.comments_feed_url, chosen)
+        return blog
+    for article in chosen:
         if article.comments_feed_url:
             await _load_comments(fetcher, untrusted, blog, article)
         else:
             blog.unread[article.id] = "the feed names no comments feed for this article"
     return blog
+
+
+async def _load_blog_comments(
+    fetcher: Fetcher, untrusted: Untrusted, blog: Blog, url: str, chosen: Sequence[Article]
+) -> None:
+    """The comments of the ``chosen`` articles from the blog-wide comments feed, newest
+    first: paged back until a page reaches comments older than the oldest chosen article."""
+    wanted = {article.id for article in chosen}
+    oldest = min(article.published for article in chosen)
+    pages = feed_pages(fetcher, untrusted, url, kind="comments", max_pages=MAX_COMMENT_PAGES)
+    try:
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                ours = tuple(c for c in page.comments if c.article_id in wanted)
+                blog.add(replace(page, articles=(), comments=ours))
+                if any(comment.published < oldest for comment in page.comments):
+                    break
+    except FeedError as exc:
+        for article in chosen:
+            blog.unread[article.id] = f"the blog's comments feed failed: {exc}"
 
 
 async def _load_comments(

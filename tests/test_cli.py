@@ -127,7 +127,8 @@ def test_preview_of_a_missing_path() -> None:
 
 
 async def test_preview_of_a_live_blogger_url() -> None:
-    """A Blogger posts feed URL is fetched with its post's comments feed, as a user would."""
+    """A Blogger posts feed URL is fetched with the blog's comments feed, as the bot reads
+    it (one request for every article, not the post's own comments feed)."""
     async with FeedServer() as server:
         site = server.url("/").rstrip("/")
         posts = (
@@ -136,11 +137,9 @@ async def test_preview_of_a_live_blogger_url() -> None:
             .replace(b"https://probationmatters.blogspot.com", site.encode())
         )
         server.route("/feeds/posts/default", posts)
-        server.fixture(
-            "/feeds/7128854030391125582/comments/default",
-            "seed/post-7128854030391125582-comments.atom.xml",
-        )
+        server.fixture("/feeds/comments/default", "seed/comments.atom.xml")
         result = await _run_async("preview", server.url("/feeds/posts/default"))
+        assert server.hits("/feeds/7128854030391125582/comments/default") == 0
     assert result[0] == 0, result[2]
     assert result[1].count("Discord reply to") == 3
 
@@ -268,13 +267,15 @@ async def test_preview_says_why_a_failed_comments_feed_was_not_loaded() -> None:
         posts = blogger_posts(
             [blogger_post("1001", "Hidden", at(0), comments_url=server.url("/c/1001"))]
         )
-        server.route("/posts", posts)
-        server.fixture("/c/1001", "real/blogger_post_comments_hidden.txt", content_type=TEXT)
-        code, out, err = await _run_async("preview", server.url("/posts"))
+        server.route("/feeds/posts/default", posts)
+        server.fixture(
+            "/feeds/comments/default", "real/blogger_post_comments_hidden.txt", content_type=TEXT
+        )
+        code, out, err = await _run_async("preview", server.url("/feeds/posts/default"))
     assert code == 0, err
     assert "--- no comments" not in out
     assert (
-        "--- comments not loaded: its comments feed failed: "
+        "--- comments not loaded: the blog's comments feed failed: "
         "The blog hides its comments, so its comments feed cannot be read."
     ) in out
 
