@@ -471,7 +471,9 @@ async def measure_case(
                 "subscriptions": tally.polls,
                 "cpu_ms_per_poll": round(ms, 4),
                 "ratio": round(ratio, 3),
-                "polls_per_second_per_core": round(1000 / ms, 1),
+                "round_ratios": [round(r, 3) for r in tally.ratios],
+                # None: the round was too short for /proc's 10 ms CPU ticks to see.
+                "polls_per_second_per_core": round(1000 / ms, 1) if ms else None,
                 "peak_rss_mb": round(own, 1),
                 "workers_peak_rss_mb": round(workers, 1),
                 "total_peak_rss_mb": round(total, 1),
@@ -484,6 +486,7 @@ async def measure_case(
         "rounds": rounds,
         "every_subscription_polled_each_round": True,  # else _round raised
         "baseline_cpu_ms_per_poll": round(bare_ms_per_poll, 4),
+        "baseline_round_ms_per_poll": [round(ms, 4) for ms in bare_ms],
         "round_seconds": round(statistics.median(round_seconds), 2),
         "processes": processes,
         "database_bytes_per_subscription": round(size / count),

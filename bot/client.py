@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +32,7 @@ from storage import ArticleRepo, CommentRepo, Database, Outbox, SubscriptionRepo
 from storage.leases import leases_for
 from storage.push import PushRepo
 from storage.records import PendingWork, Subscription, SubscriptionState
-from storage.subscriptions import Shards
+from storage.subscriptions import PollStart, Shards
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class BlogMirrorBot(commands.AutoShardedBot):
             self.subscriptions, self.articles, self.comments, self.ingestor, self.mirror
         )
         self._cycle_locks: dict[int, asyncio.Lock] = {}
+        self._read_ahead: dict[int, PollStart | None] = {}
+        """What the scheduler read for the cycles of a batch it claimed (``read_ahead``);
+        None while the read is under way."""
         self._active_cycles: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.stopping = asyncio.Event()
@@ -198,11 +202,53 @@ class BlogMirrorBot(commands.AutoShardedBot):
             await self.subscriptions.poll_soon(sub.id, datetime.now(UTC))
 
     def subscription_lock(self, subscription_id: int) -> asyncio.Lock:
+        """The lock a cycle, or a command changing the subscription, holds while it works.
+
+        Whoever takes it may change what the scheduler read ahead for the
+        subscription, so that read is dropped here: the cycle reads afresh.
+        """
+        self.changed(subscription_id)
         return self._cycle_locks.setdefault(subscription_id, asyncio.Lock())
+
+    def changed(self, subscription_id: int) -> None:
+        """A command changed the subscription (``/blog pause``, ``/blog edit``): what the
+        scheduler read ahead for its next cycle is stale, so that cycle reads afresh."""
+        self._read_ahead.pop(subscription_id, None)
+
+    def subscription_busy(self, subscription_id: int) -> bool:
+        """True while a cycle or a command holds the subscription's lock."""
+        lock = self._cycle_locks.get(subscription_id)
+        return lock is not None and lock.locked()
+
+    async def read_ahead(self, subscription_ids: Sequence[int]) -> None:
+        """Read what the cycles of a claimed batch start from, in one query for all.
+
+        An idle poll otherwise costs a query of its own before its two
+        conditional GETs. A subscription whose lock is held is left out, and a
+        read that someone takes the lock of meanwhile is not kept: each cycle
+        starts from what was stored after the last work on its subscription.
+        A command answered by another process (``/blog pause``) is seen by the
+        next poll, as it is when it lands while a poll is in flight.
+        """
+        ids = [id_ for id_ in subscription_ids if not self.subscription_busy(id_)]
+        for id_ in ids:
+            self._read_ahead[id_] = None
+        starts: dict[int, PollStart] = {}
+        try:
+            starts = await self.subscriptions.get_for_poll_many(ids)
+        finally:  # on failure too: the cycles then read their own
+            for id_ in ids:
+                if id_ in self._read_ahead and self._read_ahead[id_] is None:
+                    start = starts.get(id_)
+                    if start is None:
+                        del self._read_ahead[id_]
+                    else:
+                        self._read_ahead[id_] = start
 
     def forget(self, subscription_id: int) -> None:
         """Drop in-memory state of a removed subscription (its ids are never reused)."""
         self._cycle_locks.pop(subscription_id, None)
+        self._read_ahead.pop(subscription_id, None)
         self.ingestor.forget(subscription_id)
 
     def local_shards(self) -> Shards | None:
@@ -235,6 +281,7 @@ class BlogMirrorBot(commands.AutoShardedBot):
         try:
             async with self.lease_keeper.hold(subscription_id, claimed_at=claimed_at) as ours:
                 if not ours:
+                    self._read_ahead.pop(subscription_id, None)
                     return CycleResult(None, None, BUSY_ELSEWHERE)
                 return await self._cycle(subscription_id, progress, poll)
         finally:
@@ -244,8 +291,13 @@ class BlogMirrorBot(commands.AutoShardedBot):
     async def _cycle(
         self, subscription_id: int, progress: Progress | None, poll: bool
     ) -> CycleResult:
-        async with self.subscription_lock(subscription_id):
-            start = await self.subscriptions.get_for_poll(subscription_id)
+        start = self._read_ahead.pop(subscription_id, None)
+        lock = self.subscription_lock(subscription_id)
+        if lock.locked() or not poll:
+            start = None  # other work on it comes first: what was read may be stale
+        async with lock:
+            if start is None:
+                start = await self.subscriptions.get_for_poll(subscription_id)
             if start is None:
                 return CycleResult(None, None, "The subscription was removed.")
             fresh = start.subscription

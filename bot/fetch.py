@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from yarl import URL
@@ -76,8 +76,8 @@ _CREDENTIALS_REFUSED: Final = (
     "the bot only reads public feeds and never stores credentials. "
     "Paste the address without them."
 )
-# The whole-request budget is enforced by asyncio.timeout in Fetcher.fetch; aiohttp's
-# own per-request timeouts are switched off so only one clock (and one message) applies.
+# The whole-request budget is enforced by Fetcher.fetch (``_Deadlines``); aiohttp's own
+# per-request timeouts are switched off so only one clock (and one message) applies.
 _NO_AIOHTTP_TIMEOUT: Final = aiohttp.ClientTimeout()
 
 
@@ -111,6 +111,11 @@ def check_url(url: str) -> str:
     ``https://`` put in front, because that is what people paste. The fragment
     is dropped (it is never sent, and would make one feed look like two).
     """
+    return str(_checked_url(url))
+
+
+def _checked_url(url: str) -> URL:
+    """``check_url``, returning the parsed URL (a fetch needs it parsed anyway)."""
     text = url.strip()
     if not text:
         raise InvalidFeedURLError("The feed URL is empty: paste the blog's address or feed URL.")
@@ -131,7 +136,7 @@ def check_url(url: str) -> str:
         parsed = URL(text)
     except (ValueError, TypeError):
         raise InvalidFeedURLError(f"{text!r} is not a valid URL.") from None
-    return str(_validated(parsed, shown=text))
+    return _validated(parsed, shown=text)
 
 
 def redact_userinfo(text: str) -> str:
@@ -148,6 +153,8 @@ def redact_userinfo(text: str) -> str:
 
 def _has_userinfo(text: str) -> bool:
     """True for ``https://alice:pw@host/``, ``alice:pw@host/feed`` and ``https://@host``."""
+    if "@" not in text:  # most URLs: no need to find the authority
+        return False
     match = _AUTHORITY.match(text)
     return match is not None and "@" in match.group(1)
 
@@ -222,6 +229,74 @@ def create_session(*, allow_private: bool, user_agent: str | None = None) -> aio
     )
 
 
+class _Budget:
+    """One fetch's time budget: its task, when it runs out, and whether it has."""
+
+    __slots__ = ("deadline", "expired", "settled", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.expired = False
+        self.settled = False
+
+    def ran_out(self) -> bool:
+        """For a ``CancelledError`` the fetch met: whether it came from this budget
+        (and nobody else cancelled the task meanwhile, e.g. the bot stopping)."""
+        return self.expired and self.settle() == 0
+
+    def settle(self) -> int:
+        """Take back this budget's cancellation request; the requests left."""
+        self.settled = True
+        return self.task.uncancel()
+
+
+class _Deadlines:
+    """The time budgets of the fetches under way, kept by one timer for all of them.
+
+    ``asyncio.timeout`` arms and disarms a timer of the event loop per request:
+    at thousands of idle polls a second that was 7 % of their CPU
+    (``bench/scale.py``). Here a fetch only notes its deadline; a check every
+    ``tick`` seconds, scheduled only while fetches are under way, cancels the
+    tasks past theirs. A budget therefore ends up to a tenth of itself (at most
+    one second) late, which no feed or moderator can tell apart.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.tick = min(1.0, seconds / 10)
+        self._running: set[_Budget] = set()
+        self._check_handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> _Budget:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a fetch runs in a task"
+        budget = _Budget(task, loop.time() + self.seconds)
+        self._running.add(budget)
+        if self._check_handle is None:
+            self._check_handle = loop.call_later(self.tick, self._check)
+        return budget
+
+    def end(self, budget: _Budget) -> None:
+        self._running.discard(budget)
+        if budget.expired and not budget.settled:
+            # Something under the fetch swallowed the cancellation: take it back
+            # so later work in the task does not count it as another's.
+            budget.settle()
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for budget in self._running:
+            # In a timer callback no task runs: each is waiting at an await inside
+            # its fetch, where the cancellation lands.
+            if not budget.expired and budget.deadline <= now:
+                budget.expired = True
+                budget.task.cancel()
+        self._check_handle = loop.call_later(self.tick, self._check) if self._running else None
+
+
 class Fetcher:
     """Fetches one URL at a time under the configured limits; safe to share between tasks."""
 
@@ -235,6 +310,7 @@ class Fetcher:
     ) -> None:
         self._session = session
         self._timeout = timeout
+        self._deadlines = _Deadlines(timeout)
         self._max_bytes = max_bytes
         self._allow_private = allow_private
 
@@ -260,17 +336,19 @@ class Fetcher:
         Raises a ``FeedError`` subclass for every failure; aiohttp and asyncio
         exceptions never escape.
         """
-        target = URL(check_url(url))
+        target = _checked_url(url)
         headers: dict[str, str] = {}
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         started = time.monotonic()
+        budget = self._deadlines.start()
         try:
-            async with asyncio.timeout(self._timeout):
-                result = await self._follow(target, headers)
-        except TimeoutError:
+            result = await self._follow(target, headers)
+        except asyncio.CancelledError:
+            if not budget.ran_out():
+                raise
             log.debug("GET %s timed out after %s s", _shown(target), self._timeout)
             raise TransientFeedError(
                 f"{_shown(target)} timed out after {self._timeout:g} s."
@@ -278,14 +356,17 @@ class Fetcher:
         except FeedError as exc:
             log.debug("GET %s failed: %s", _shown(target), exc)
             raise
-        log.debug(
-            "GET %s -> %s %s (%s bytes, %.2f s)",
-            _shown(target),
-            result.status,
-            result.url,
-            len(result.body) if result.body is not None else "-",
-            time.monotonic() - started,
-        )
+        finally:
+            self._deadlines.end(budget)
+        if log.isEnabledFor(logging.DEBUG):  # most polls: the arguments are not worth making
+            log.debug(
+                "GET %s -> %s %s (%s bytes, %.2f s)",
+                _shown(target),
+                result.status,
+                result.url,
+                len(result.body) if result.body is not None else "-",
+                time.monotonic() - started,
+            )
         return result
 
     async def _follow(self, url: URL, headers: dict[str, str]) -> FetchResult:
@@ -293,7 +374,9 @@ class Fetcher:
         chain = [url]
         status = 0
         for _ in range(MAX_REDIRECTS + 1):
-            url = check_hop(url, allow_private=self._allow_private)
+            # Validated already (``_checked_url``, ``_redirect_target``): the address is left.
+            if not self._allow_private:
+                check_literal_host(url)
             try:
                 async with self._session.get(
                     url, headers=headers, allow_redirects=False, timeout=_NO_AIOHTTP_TIMEOUT

@@ -352,6 +352,7 @@ class BlogCommands(
                 f"{sub.display_name} is already paused; `/blog resume` restarts it."
             )
         await self.bot.service.set_paused(sub, True)
+        self.bot.changed(sub.id)
         await reply(
             interaction,
             f"⏸️ Paused **{escape_text(sub.display_name)}**. `/blog resume` restarts it.",
@@ -452,6 +453,7 @@ class BlogCommands(
             no_mention=no_mention,
             interval_minutes=interval,
         )
+        self.bot.changed(sub.id)
         name = escape_text(sub.display_name)
         if not edited.changes:
             await reply(interaction, f"Nothing changed for **{name}**: no option differed.")

@@ -84,6 +84,10 @@ class PollingCog(commands.Cog):
         fresh = [id_ for id_ in due if id_ not in running and id_ not in ended]
         # One round trip claims the whole batch; another process's are left alone.
         ours = await self.bot.leases.claim(fresh, now)
+        try:  # what their cycles start from, in one query (else one query each)
+            await self.bot.read_ahead([id_ for id_ in fresh if id_ in ours])
+        except Exception:
+            log.exception("Reading ahead for %d due subscription(s) failed", len(ours))
         for id_ in fresh:
             if id_ in ours:
                 self._start(id_, claimed_at=now)

@@ -7,6 +7,7 @@ entries into ``New*`` values, delivery reads the records back.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
@@ -15,9 +16,19 @@ from typing import Any
 
 def to_db_time(value: datetime) -> str:
     """Aware datetime -> ISO-8601 UTC text (sorts correctly as text)."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetimes are not stored")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:  # most are made in UTC already
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
+
+
+def by_name(row: Any) -> Any:
+    """A row to read many columns of by name: a SQLite row's every lookup by name
+    compares column names one by one, so it is made a dict first."""
+    if isinstance(row, sqlite3.Row):
+        return dict(zip(row.keys(), row, strict=True))
+    return row
 
 
 def from_db_time(value: str) -> datetime:
@@ -110,6 +121,7 @@ class Subscription:
 
     @classmethod
     def from_row(cls, row: Any) -> Subscription:
+        row = by_name(row)
         return cls(
             id=row["id"],
             guild_id=row["guild_id"],

@@ -18,6 +18,7 @@ from storage.records import (
     Subscription,
     SubscriptionCounts,
     SubscriptionState,
+    by_name,
     to_db_time,
 )
 
@@ -99,6 +100,13 @@ class SubscriptionRepo:
         An idle cycle (304s, nothing pending) makes no other query: its success
         is written in a batch with others (``record_success``).
         """
+        return (await self.get_for_poll_many([subscription_id])).get(subscription_id)
+
+    async def get_for_poll_many(self, subscription_ids: Sequence[int]) -> dict[int, PollStart]:
+        """``get_for_poll`` of a batch in one query (the scheduler reads ahead for
+        the batch it claimed); the ids that are gone are left out."""
+        if not subscription_ids:
+            return {}
         rows = await self.db.fetch(
             f"""
             SELECT s.*, {_PENDING_WORK},
@@ -106,20 +114,21 @@ class SubscriptionRepo:
             FROM subscriptions AS s
             LEFT JOIN http_cache AS h
               ON h.subscription_id = s.id AND (h.url = s.feed_url OR h.url = s.comments_feed_url)
-            WHERE s.id = ?
+            WHERE s.id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))
             """,
-            (subscription_id,),
+            (json.dumps(list(subscription_ids)),),
         )
-        if not rows:
-            return None
-        validators = {
-            row["cached_url"]: HttpValidators(
-                row["etag"], row["last_modified"], row["body_hash"], row["entry_digests"]
-            )
-            for row in rows
-            if row["cached_url"] is not None
-        }
-        return PollStart(Subscription.from_row(rows[0]), validators, _pending_work(rows[0]))
+        starts: dict[int, PollStart] = {}
+        for row in map(by_name, rows):
+            start = starts.get(row["id"])
+            if start is None:
+                start = PollStart(Subscription.from_row(row), {}, _pending_work(row))
+                starts[start.subscription.id] = start
+            if row["cached_url"] is not None:
+                start.validators[row["cached_url"]] = HttpValidators(
+                    row["etag"], row["last_modified"], row["body_hash"], row["entry_digests"]
+                )
+        return starts
 
     async def get_with_work(self, subscription_id: int) -> tuple[Subscription, PendingWork] | None:
         """The subscription and which kinds of delivery work it has, in one query."""
@@ -219,9 +228,9 @@ class SubscriptionRepo:
         successes of polls finishing together are written in one batch: one
         round trip to the database thread instead of one each.
         """
+        polled_at = to_db_time(now)
         await self._successes.add(
-            subscription_id,
-            (to_db_time(now), to_db_time(now), to_db_time(next_poll_at), subscription_id),
+            subscription_id, (polled_at, polled_at, to_db_time(next_poll_at), subscription_id)
         )
 
     async def _write_successes(self, batch: Sequence[tuple[str, str, str, int]]) -> None:

@@ -115,7 +115,7 @@ class Harness:
         if any(not task.done() for task in self.bot._active_cycles):
             return True
         # A cycle holds its subscription's lock from start to end.
-        return any(self.bot.subscription_lock(i).locked() for i in self.db.subscription_ids())
+        return any(self.bot.subscription_busy(i) for i in self.db.subscription_ids())
 
     async def wait_idle(self, *, timeout: float = 30.0) -> None:
         """Until the bot has nothing left to do: no cycle running, and nothing pending,

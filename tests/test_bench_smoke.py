@@ -191,16 +191,17 @@ def test_push_latency_reports_percentiles(entry: list[str]) -> None:
 
 @pytest.mark.parametrize("entry", [["-m", "bench.scale"], ["bench/scale.py"]])
 def test_scale_reports_both_cases(entry: list[str]) -> None:
-    """scale at 40 subscriptions: both cases, every subscription polled, figures per process."""
+    """scale at 200 subscriptions (enough CPU ticks to measure): both cases, every
+    subscription polled, figures per process."""
     require_postgres()
-    report = run_benchmark(*entry, "--subscriptions", "40", "--rounds", "1", timeout=240)
+    report = run_benchmark(*entry, "--subscriptions", "200", "--rounds", "1", timeout=240)
     assert set(report) == {"benchmark", "cases", "budget_ratio", "budget_mb", "ok"}
     assert report["benchmark"] == "scale"
     assert (report["budget_ratio"], report["budget_mb"]) == (2.0, 250.0)
     sqlite, postgres = report["cases"]
     assert (sqlite["name"], postgres["name"]) == ("sqlite", "postgres")
     for case in (sqlite, postgres):
-        assert case["subscriptions"] == 40
+        assert case["subscriptions"] == 200
         assert case["every_subscription_polled_each_round"] is True
         assert_numbers(
             case, "baseline_cpu_ms_per_poll", "round_seconds", "database_bytes_per_subscription"
@@ -218,7 +219,7 @@ def test_scale_reports_both_cases(entry: list[str]) -> None:
             assert process["total_peak_rss_mb"] >= process["peak_rss_mb"]
             assert isinstance(process["ok"], bool)
         # Every subscription polled by exactly one process: the shards split them.
-        assert sum(p["subscriptions"] for p in case["processes"]) == 40
+        assert sum(p["subscriptions"] for p in case["processes"]) == 200
     assert [p["shard_ids"] for p in sqlite["processes"]] == ["0,1"]
     assert [p["shard_ids"] for p in postgres["processes"]] == ["0", "1"]
     assert_numbers(postgres, "database_cpu_ms_per_poll")

@@ -6,6 +6,7 @@ resolves a name other than localhost or connects to a non-loopback address.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import gzip
 import socket
@@ -338,6 +339,74 @@ async def test_slow_headers_time_out(server: FeedServer, make_fetcher: MakeFetch
 
     with pytest.raises(TransientFeedError, match="timed out"):
         await fetcher.fetch(server.url("/feed"))
+
+
+async def test_a_timeout_leaves_the_task_as_it_found_it(
+    server: FeedServer, make_fetcher: MakeFetcher
+) -> None:
+    """The budget's cancellation is taken back: the task is not left "being cancelled",
+    so its later waits (another fetch, the next poll's) behave as before."""
+    fetcher = await make_fetcher(timeout=0.3)
+    server.route("/slow", POSTS, delay=5)
+    server.route("/feed", POSTS)
+
+    with pytest.raises(TransientFeedError, match="timed out"):
+        await fetcher.fetch(server.url("/slow"))
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    assert (await fetcher.fetch(server.url("/feed"))).status == 200
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # a timeout of asyncio's own still reads as one
+            await asyncio.sleep(1)
+
+
+async def test_a_cancelled_fetch_stays_cancelled(
+    server: FeedServer, make_fetcher: MakeFetcher
+) -> None:
+    """Cancelling a fetch (the bot stopping) is not taken for the feed timing out,
+    even when its time budget runs out at the same moment."""
+    fetcher = await make_fetcher(timeout=0.3)
+    server.route("/slow", POSTS, delay=5)
+
+    task = asyncio.create_task(fetcher.fetch(server.url("/slow")))
+    await asyncio.sleep(0.05)  # under way, its budget not yet spent
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    # Both at once: the budget's check cancels it, and so does someone else.
+    task = asyncio.create_task(fetcher.fetch(server.url("/slow")))
+    deadlines = fetcher._deadlines
+    while not deadlines._running:
+        await asyncio.sleep(0.01)
+    for budget in deadlines._running:
+        budget.deadline = 0.0
+    deadlines._check()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_fetches_under_way_each_keep_their_own_budget(
+    server: FeedServer, make_fetcher: MakeFetcher
+) -> None:
+    """One slow feed among quick ones times out alone; the quick ones are answered."""
+    fetcher = await make_fetcher(timeout=0.5)
+    server.route("/slow", POSTS, delay=5)
+    server.route("/feed", POSTS)
+
+    async def quick_ones() -> list[int]:
+        statuses = []
+        for _ in range(5):
+            statuses.append((await fetcher.fetch(server.url("/feed"))).status)
+            await asyncio.sleep(0.05)
+        return statuses
+
+    slow, quick = await asyncio.gather(
+        fetcher.fetch(server.url("/slow")), quick_ones(), return_exceptions=True
+    )
+    assert isinstance(slow, TransientFeedError) and "timed out" in str(slow)
+    assert quick == [200] * 5
 
 
 async def test_timeout_covers_all_redirect_hops(
